@@ -1,0 +1,65 @@
+# The two commands a new user needs: `make run` (the whole loop) and `make test` (the tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+UV := $(PYTHON) -m uv
+
+.PHONY: run test venv demo lab lock readme sync-check clean
+
+## run: create the environment, run the pipeline on the full data, serve the champion and ask it once
+run: venv
+	$(BIN)/mlops_run
+	@$(MAKE) --no-print-directory demo
+
+## test: notebook tests (nbdev_test) and integration tests (pytest)
+test: venv
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/pytest -q tests
+
+## venv: the project's environment, installed from the lock, with its Jupyter kernel
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock settings.ini setup.py
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	@test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)
+	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name mlops_nb --display-name "Python (mlops_nb)" >/dev/null
+	@touch $@
+
+## demo: start the server, send examples/predict_request.json, print the answer, stop the server
+demo: venv
+	@mkdir -p state
+	@$(BIN)/mlops_serve --port $(PORT) > state/serve.log 2>&1 & pid=$$!; \
+	trap "kill $$pid 2>/dev/null; wait $$pid 2>/dev/null" EXIT; \
+	for i in $$(seq 120); do curl -sf http://127.0.0.1:$(PORT)/ready >/dev/null && break; \
+	  kill -0 $$pid 2>/dev/null || { cat state/serve.log; exit 1; }; sleep 0.5; done; \
+	echo "POST http://127.0.0.1:$(PORT)/predict  (body: examples/predict_request.json)"; \
+	curl -sS --fail-with-body -H 'content-type: application/json' --data @examples/predict_request.json http://127.0.0.1:$(PORT)/predict; \
+	echo
+
+## lab: JupyterLab on the notebooks, with the project's kernel
+lab: venv
+	$(BIN)/jupyter lab nbs
+
+## lock: resolve requirements.in into exact pins in requirements.lock
+lock:
+	$(UV) pip compile -q requirements.in -o requirements.lock --python-version 3.11
+
+## readme: regenerate README.md from nbs/index.ipynb
+readme: venv
+	$(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --stdout > README.md
+
+## sync-check: fail when the notebooks, the package or the README are out of sync
+sync-check: venv
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	@$(MAKE) --no-print-directory readme
+	@git diff --exit-code --stat -- nbs mlops_nb README.md || { echo "notebooks, package and README are not in sync: run nbdev_export, nbdev_clean and make readme"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- mlops_nb)" || { echo "nbdev_export made untracked files in mlops_nb"; exit 1; }
+
+clean:
+	rm -rf $(VENV) _proc _docs

@@ -1,0 +1,118 @@
+"""The whole loop through its command-line tools: `mlops_run` on a small slice, then `mlops_serve`
+as a real process answering HTTP, then a run that fails and must leave the champion alone."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlops_nb.config import load_settings
+from mlops_nb.evaluate import champion_version
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EXAMPLE = json.loads((ROOT/"examples"/"predict_request.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    "A working folder and the environment of a small, isolated project."
+    home = tmp_path_factory.mktemp("project")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    env.update(MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"),
+               MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
+               MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"))
+    return home, env
+
+
+def cli(project, name, *args, **env):
+    home, base = project
+    return subprocess.run([str(BIN/name), *args], cwd=home, env={**base, **env},
+                          capture_output=True, text=True, timeout=900)
+
+
+def ledgers(project):
+    home, _ = project
+    return [json.loads(p.read_text()) for p in sorted((home/"runs").glob("*/run.json"))]
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    "The ledger of a successful `mlops_run`."
+    result = cli(project, "mlops_run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "registered v1" in result.stdout
+    return ledgers(project)[-1]
+
+
+def test_run_registers_a_champion(project, trained):
+    assert trained["status"] == "ok"
+    assert [s["name"] for s in trained["stages"]] == ["01_ingest", "02_eda", "03_clean", "04_tune", "05_evaluate"]
+    assert all(s["status"] == "ok" and s["summary"] for s in trained["stages"])
+    run_dir = Path(trained["run_dir"])
+    assert all((run_dir/f"{s['name']}.ipynb").exists() for s in trained["stages"])
+    assert (run_dir/"settings.json").exists() and len(trained["data_digest"]) == 64
+    assert trained["promoted"] and trained["champion"] == trained["registered_version"] == "1"
+    assert champion_version(load_settings(environ=project[1])) == "1"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(project, trained):
+    "`mlops_serve` running as a process on a free port; its base URL."
+    home, env = project
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN/"mlops_serve"), "--port", str(port)], cwd=home, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200: break
+            except httpx.TransportError: pass
+            time.sleep(0.5)
+        else: pytest.fail("the server did not become ready within 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_prediction_over_http(server, trained, project):
+    r = httpx.post(f"{server}/predict", json=EXAMPLE, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == r.headers["x-model-version"] == trained["champion"]
+    [prediction] = body["predictions"]
+    assert 0 < prediction["probability"] < 1
+    assert prediction["label"] == int(prediction["probability"] >= body["threshold"])
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+
+
+def test_invalid_rows_get_a_4xx_naming_the_field(server):
+    row = EXAMPLE["rows"][0]
+    wrong_type = httpx.post(f"{server}/predict", json={"rows": [row, {**row, "distance": "far"}]})
+    assert wrong_type.status_code == 400 and "$.rows[1].distance" in wrong_type.json()["detail"]
+    missing = httpx.post(f"{server}/predict", json={"rows": [{k: v for k, v in row.items() if k != "carrier"}]})
+    assert missing.status_code == 400 and "carrier" in missing.json()["detail"]
+
+
+def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
+    result = cli(project, "mlops_run", MLOPS_SPLIT__TEST_FROM="2014-01-01")
+    assert result.returncode == 1
+    assert "stage 03_clean failed" in result.stderr and "test split is empty" in result.stderr
+    failed = ledgers(project)[-1]
+    assert failed["status"] == "failed" and failed["stages"][-1]["name"] == "03_clean"
+    assert (Path(failed["run_dir"])/"03_clean.ipynb").exists()
+    assert champion_version(load_settings(environ=project[1])) == trained["champion"]
