@@ -108,6 +108,19 @@ def test_invalid_rows_get_a_4xx_naming_the_field(server):
     assert missing.status_code == 400 and "carrier" in missing.json()["detail"]
 
 
+def test_monitor_reads_the_served_predictions(server, trained, project):
+    rows = EXAMPLE["rows"]*20
+    assert httpx.post(f"{server}/predict", json={"rows": rows}, timeout=10).status_code == 200
+    out_dir = project[0]/"monitor"
+    result = cli(project, "mlops_monitor", "--out_dir", str(out_dir))
+    assert result.returncode in (0, 3), result.stderr[-3000:]
+    report = json.loads((out_dir/"monitor.json").read_text())
+    assert report["model_version"] == trained["champion"] and report["window_rows"] >= len(rows)
+    # twenty copies of one December flight are nothing like the training months
+    assert result.returncode == 3 and "DRIFT" in result.stdout and report["drift_detected"]
+    assert (out_dir/"drift.png").exists()
+
+
 def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
     result = cli(project, "mlops_run", MLOPS_SPLIT__TEST_FROM="2014-01-01")
     assert result.returncode == 1
