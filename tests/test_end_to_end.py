@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import polars as pl
 import pytest
 
+from mlops_nb.clean import apply_transform
 from mlops_nb.config import load_settings
 from mlops_nb.evaluate import champion_version
+from mlops_nb.ingest import read_snapshot, write_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -98,6 +102,29 @@ def test_prediction_over_http(server, trained, project):
     assert 0 < prediction["probability"] < 1
     assert prediction["label"] == int(prediction["probability"] >= body["threshold"])
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+
+
+def test_server_features_equal_the_training_path(server, trained):
+    "One transformation: the vectors the server computes equal the ones training computes for the same rows."
+    run_dir = Path(trained["run_dir"])
+    spec = json.loads((run_dir/"clean"/"transform.json").read_text())
+    rows = pl.read_parquet(run_dir/"clean"/"test.parquet").head(200)
+    answer = httpx.post(f"{server}/predict?features=true", json={"rows": rows.select(list(spec["inputs"])).to_dicts()}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    served = np.array(answer.json()["features"], dtype=float)
+    np.testing.assert_array_equal(served, apply_transform(rows, spec).to_numpy())
+
+
+def test_data_versions_listed_and_compared(project, trained):
+    home, env = project
+    settings = load_settings(environ=env)
+    first = read_snapshot({"path": settings.snapshots_dir/f"{trained['data_digest']}.parquet"})
+    second = write_snapshot(first.tail(-100).with_columns(pl.col("distance")*2), settings.snapshots_dir, "edited copy")
+    listed = cli(project, "mlops_data", "list")
+    assert listed.returncode == 0 and trained["data_digest"] in listed.stdout and second["digest"] in listed.stdout
+    diff = cli(project, "mlops_data", "diff", trained["data_digest"][:10], second["digest"][:10])
+    assert diff.returncode == 0, diff.stderr
+    assert "rows: +0 added, -100 removed" in diff.stdout and "distance" in diff.stdout
 
 
 def test_invalid_rows_get_a_4xx_naming_the_field(server):
