@@ -8,13 +8,11 @@ then runs the same steps (read, join weather and planes, keep usable rows, label
 contract, drop broken rows, build the model's features, write them as Parquet) in one fresh
 process per variant, so that each process's peak RSS is that variant's alone:
 
-- `polars_streaming`: the library's own functions (`scan_source`, `check_schema`, `broken_reason`,
+- `polars_streaming`: the library's own functions (`read_data(lazy=True)`, `rows_keeping_contract`,
   `apply_transform`) on one lazy query, sunk with the streaming engine;
 - `pandas`: the same steps written plainly with pandas;
 - `polars_eager_library` (extra): the eager path the ingest stage takes today (`read_data`,
-  `enforce_contract`, `apply_transform` on a DataFrame);
-- `polars_streaming_suggested` (extra): `polars_streaming` with the library changes that
-  bench/README.md suggests, written here so they can be measured.
+  `enforce_contract`, `apply_transform` on a DataFrame).
 
 The top-level `ratio` and `memory_ratio` compare `polars_streaming` with `pandas`; every polars
 variant is compared under `versus_pandas`. A variant whose memory passes `--max-rss-mb` is stopped
@@ -39,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
-POLARS, PANDAS, EAGER, SUGGESTED = "polars_streaming", "pandas", "polars_eager_library", "polars_streaming_suggested"
+POLARS, PANDAS, EAGER = "polars_streaming", "pandas", "polars_eager_library"
 
 
 def _peak_mb() -> float:
@@ -97,102 +95,22 @@ def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
             "features": len(spec["features"]), "polars_threads": pl.thread_pool_size()}
 
 
-def _labelled(data):
-    "The joined, labelled rows as one lazy query: `join_sources` and `label_rows` are eager, so their steps are mirrored here."
-    import polars as pl
-    from mlops_nb.ingest import scan_source
-    lf = scan_source(data.sources[data.source], data.source)
-    for j in data.joins:  # join_sources: DataFrames in, a row index and a final sort to keep the order
-        other = scan_source(data.sources[j.source], j.source).rename(j.rename)
-        columns = j.columns or [c for c in other.collect_schema().names() if c not in j.on]
-        other = other.select(*j.on, *columns).unique(j.on, keep="first", maintain_order=True)
-        lf = lf.join(other, on=j.on, how=j.how, maintain_order="left")
-    # label_rows: the same two SQL expressions (its check of the target's values needs the collected frame)
-    return lf.filter(pl.sql_expr(data.keep_rows)).with_columns(pl.sql_expr(data.target_rule).cast(pl.Int8).alias(data.target))
-
-
 def polars_streaming(work: Path, out: Path) -> dict:
     "One lazy query from the Parquet files to the features, built from the library's functions, sunk with the streaming engine."
     import polars as pl
     from mlops_nb.config import read_json
-    from mlops_nb.ingest import scan_source
-    from mlops_nb.contract import check_schema, broken_reason
+    from mlops_nb.ingest import read_data, scan_source
+    from mlops_nb.contract import rows_keeping_contract
     from mlops_nb.clean import apply_transform
     data, contract, spec = _settings(work), read_json(work/"contract.json"), read_json(work/"transform.json")
     imported = _peak_mb()
     start = time.perf_counter()
-    lf = _labelled(data)
-    check_schema(lf, contract, "the synthetic flights")
-    lf = lf.with_columns(broken_reason(contract, lf.collect_schema().names())).filter(pl.col("reason").is_null()).drop("reason")
-    apply_transform(lf, spec).sink_parquet(out, engine="streaming")
+    good = rows_keeping_contract(read_data(data, lazy=True), contract, "the synthetic flights")
+    apply_transform(good, spec).sink_parquet(out, compression="snappy", engine="streaming")  # snappy, as pandas writes
     seconds = time.perf_counter() - start
     rows_in = scan_source(data.sources[data.source]).select(pl.len()).collect().item()
     rows_out = pl.scan_parquet(out).select(pl.len()).collect().item()
     return {"seconds": seconds, "rss_after_imports_mb": imported, "rows_in": rows_in, "rows_out": rows_out}
-
-
-# ---- what the library would need to stream: the suggested changes, written here so they can be measured
-
-def _broken_mask(contract: dict, columns: list[str]):
-    "True where a row breaks a per-row rule of the contract: `broken_reason`'s rules as booleans, no text built."
-    import polars as pl
-    rules = []
-    for c, spec in contract["columns"].items():
-        if c not in columns: continue
-        col = pl.col(c)
-        if not spec["nullable"]: rules.append(col.is_null())
-        if "min" in spec: rules += [col < spec["min"], col > spec["max"]]
-        if spec.get("unknown") == "reject": rules.append(col.is_not_null() & ~col.is_in(spec["categories"]))
-    return pl.any_horizontal(rules).fill_null(False) if rules else pl.lit(False)
-
-
-def _duplicate_keys(lf, keys: list[str]):
-    "The key values found more than once, as a small DataFrame: a streaming pass over hashes, then an exact check of the few candidates."
-    import polars as pl
-    key_hash = pl.struct(keys).hash().alias("_hash")
-    repeated = lf.select(key_hash).group_by("_hash").len().filter(pl.col("len") > 1).collect(engine="streaming")["_hash"]
-    candidates = lf.select(keys).filter(key_hash.is_in(repeated.implode())).collect(engine="streaming")
-    return candidates.filter(pl.struct(keys).is_duplicated()).unique()
-
-
-def _apply_transform_enum(lf, spec: dict):
-    "`apply_transform` with the category codes taken through `pl.Enum` (streams) instead of `replace_strict` (does not)."
-    import polars as pl
-    from mlops_nb.clean import _CASTS
-    lf = lf.with_columns(pl.col(c).cast(_CASTS[t]) for c, t in spec["inputs"].items() if t in _CASTS)
-    lf = lf.with_columns(pl.sql_expr(e).alias(n) for n, e in spec["derived"].items())
-    def number(c, p):
-        x = pl.col(c).cast(pl.Float64).fill_nan(None)
-        if "low" in p: x = x.clip(p["low"], p["high"])
-        return (x if p["missing"] == "keep" else x.fill_null(p["fill"])).alias(c)
-    codes = [pl.col(c).cast(pl.String).cast(pl.Enum(p["categories"]), strict=False).to_physical().cast(pl.Float64)
-             .fill_null(float("nan")).alias(c) for c, p in spec["categorical"].items()]
-    return lf.select([number(c, p) for c, p in spec["numeric"].items()] + codes).select(spec["features"])
-
-
-def polars_streaming_suggested(work: Path, out: Path) -> dict:
-    "The streaming query with the three suggested changes: a boolean contract mask, duplicate keys found apart, Enum codes."
-    import polars as pl
-    from mlops_nb.config import read_json
-    from mlops_nb.ingest import scan_source
-    from mlops_nb.contract import check_schema
-    data, contract, spec = _settings(work), read_json(work/"contract.json"), read_json(work/"transform.json")
-    imported = _peak_mb()
-    start = time.perf_counter()
-    lf = _labelled(data)
-    check_schema(lf, contract, "the synthetic flights")
-    keys = contract.get("keys") or []
-    if keys:  # the left joins add no rows, so the main table's usable rows hold the same keys
-        usable = scan_source(data.sources[data.source]).filter(pl.sql_expr(data.keep_rows))
-        duplicated = _duplicate_keys(usable, keys)
-        lf = lf.join(duplicated.lazy(), on=keys, how="anti", maintain_order="left") if duplicated.height else lf
-    lf = lf.filter(~_broken_mask(contract, lf.collect_schema().names()))
-    _apply_transform_enum(lf, spec).sink_parquet(out, engine="streaming")
-    seconds = time.perf_counter() - start
-    rows_in = scan_source(data.sources[data.source]).select(pl.len()).collect().item()
-    rows_out = pl.scan_parquet(out).select(pl.len()).collect().item()
-    return {"seconds": seconds, "rss_after_imports_mb": imported, "rows_in": rows_in, "rows_out": rows_out,
-            "duplicate_keys": duplicated.height if keys else 0}
 
 
 def polars_eager_library(work: Path, out: Path) -> dict:
@@ -207,7 +125,7 @@ def polars_eager_library(work: Path, out: Path) -> dict:
     df = read_data(data)
     good, quarantined = enforce_contract(df, contract, data.max_broken_share, "the synthetic flights")
     X = apply_transform(good, spec)
-    X.write_parquet(out)
+    X.write_parquet(out, compression="snappy")
     seconds = time.perf_counter() - start
     import polars as pl
     rows_in = pl.scan_parquet(str(work/"data"/"flights-*.parquet")).select(pl.len()).collect().item()
@@ -271,7 +189,7 @@ def compare(work: Path, sample: int = 100_000) -> dict:
     "Row counts of every output, and the features of `sample` random rows against pandas' (within 1e-9, NaN equal to NaN)."
     import numpy as np
     import polars as pl
-    outputs = {name: work/f"{name}.parquet" for name in (POLARS, PANDAS, EAGER, SUGGESTED) if (work/f"{name}.parquet").exists()}
+    outputs = {name: work/f"{name}.parquet" for name in (POLARS, PANDAS, EAGER) if (work/f"{name}.parquet").exists()}
     rows = {name: pl.scan_parquet(path).select(pl.len()).collect().item() for name, path in outputs.items()}
     result = {"rows_out": rows, "same_rows": len(set(rows.values())) == 1, "sample_rows": 0, "checks": {}}
     if PANDAS not in outputs or not result["same_rows"]: return result
@@ -296,7 +214,7 @@ def compare(work: Path, sample: int = 100_000) -> dict:
 
 
 STEPS = {"prepare": prepare, POLARS: polars_streaming, PANDAS: pandas_plain, EAGER: polars_eager_library,
-         SUGGESTED: polars_streaming_suggested, "compare": compare}
+         "compare": compare}
 
 
 def _child(step: str, work: Path, args: dict) -> None:
@@ -374,7 +292,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", type=int, default=10_000_000, help="synthetic flights (default 10,000,000)")
     p.add_argument("--parts", type=int, default=0, help="Parquet files for the flights (default: one per million rows)")
     p.add_argument("--sample", type=int, default=200_000, help="rows the contract and the transformation are fitted on")
-    p.add_argument("--variants", default=f"{POLARS},{PANDAS},{EAGER},{SUGGESTED}", help="comma-separated variants to run")
+    p.add_argument("--variants", default=f"{POLARS},{PANDAS},{EAGER}", help="comma-separated variants to run")
     p.add_argument("--max-rss-mb", type=float, default=0, help="stop a variant whose memory passes this (default: 60%% of RAM)")
     p.add_argument("--out", default=str(HERE/"results"/"data.json"), help="where the figures go")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (data and outputs)")
@@ -388,7 +306,7 @@ def main(argv=None) -> dict:
     cap = a.max_rss_mb or 0.6*machine["memory_mb"]
     parts = a.parts or max(1, a.rows//1_000_000)
     variants = [v for v in a.variants.split(",") if v]
-    unknown = set(variants) - {POLARS, PANDAS, EAGER, SUGGESTED}
+    unknown = set(variants) - {POLARS, PANDAS, EAGER}
     if unknown: p.error(f"unknown variants {sorted(unknown)}")
     work = Path(tempfile.mkdtemp(prefix="data_bench_"))
     try:
