@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 UV := $(PYTHON) -m uv
 
-.PHONY: run test venv demo lab lock readme sync-check clean
+.PHONY: run test venv demo lab lock readme sync-check bench clean
 
 ## run: create the environment, run the pipeline on the full data, serve the champion and ask it once
 run: venv
@@ -44,6 +44,10 @@ demo: venv
 ## lab: JupyterLab on the notebooks, with the project's kernel
 lab: venv
 	$(BIN)/jupyter lab nbs
+
+## bench: the benchmarks; each writes bench/results/<name>.json
+bench: venv
+	$(BIN)/python bench/data_bench.py
 
 ## lock: resolve requirements.in into exact pins in requirements.lock
 lock:
