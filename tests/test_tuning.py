@@ -1,0 +1,37 @@
+"""Several tuning processes share one Optuna study through its journal file: every trial ends complete or
+pruned, none is lost or left running, and the study stops at its budget."""
+import subprocess
+import sys
+import textwrap
+
+import optuna
+
+from mlops_nb.tune import FINISHED, journal_storage
+
+WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np, xgboost as xgb
+    from mlops_nb.config import TuneSettings
+    from mlops_nb.tune import journal_storage, run_study
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 6)); y = (X[:, 0] + X[:, 1]*X[:, 2] + rng.normal(size=3000) > 0).astype(int)
+    dtrain, dvalid = xgb.DMatrix(X[:2000], label=y[:2000]), xgb.DMatrix(X[2000:], label=y[2000:])
+    tune = TuneSettings(n_trials=int(sys.argv[2]), max_rounds=80, early_stopping_rounds=10, seed=int(sys.argv[3]))
+    run_study(dtrain, dvalid, tune, journal_storage(sys.argv[1]), study_name="shared", track=False)
+""")
+
+
+def test_two_workers_share_one_study(tmp_path):
+    journal, n_trials = tmp_path/"study.log", 16
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(journal), str(n_trials), str(seed)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="shared", storage=journal_storage(journal))
+    states = [t.state for t in study.trials]
+    assert all(s in FINISHED for s in states), states
+    # each worker stops once the shared budget is reached; one may finish the trial it had started
+    assert n_trials <= len(states) <= n_trials + 1
+    assert {t.number for t in study.trials} == set(range(len(states)))
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 5
