@@ -48,6 +48,7 @@ lab: venv
 ## bench: the benchmarks; each writes bench/results/<name>.json
 bench: venv
 	$(BIN)/python bench/data_bench.py
+	$(BIN)/python bench/tune_bench.py
 
 ## lock: resolve requirements.in into exact pins in requirements.lock
 lock:

@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import msgspec
 import optuna
 import polars as pl
 import xgboost as xgb
@@ -59,11 +60,10 @@ def main() -> dict:
     p.add_argument("--out", default=str(HERE/"results"/"tune.json"))
     args = p.parse_args()
     dtrain, dvalid, sizes = data(args.rows)
-    tune = load_settings(environ={}).tune
-    tune = type(tune)(**{**{f: getattr(tune, f) for f in tune.__struct_fields__}, "n_trials": args.trials})
+    tune = msgspec.structs.replace(load_settings(environ={}).tune, n_trials=args.trials)
     with tempfile.TemporaryDirectory() as d:
-        without = study(dtrain, dvalid, type(tune)(**{**{f: getattr(tune, f) for f in tune.__struct_fields__}, "pruning": False}), Path(d), "without_pruning")
-        with_ = study(dtrain, dvalid, type(tune)(**{**{f: getattr(tune, f) for f in tune.__struct_fields__}, "pruning": True}), Path(d), "with_pruning")
+        without = study(dtrain, dvalid, msgspec.structs.replace(tune, pruning=False), Path(d), "without_pruning")
+        with_ = study(dtrain, dvalid, msgspec.structs.replace(tune, pruning=True), Path(d), "with_pruning")
     result = {"benchmark": "the same Optuna study over XGBoost without and with pruning", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               **sizes, "trials": args.trials, "max_rounds": tune.max_rounds, "early_stopping_rounds": tune.early_stopping_rounds,
               "seed": tune.seed, "storage": "journal file",
