@@ -148,6 +148,12 @@ def test_monitor_reads_the_served_predictions(server, trained, project):
     assert (out_dir/"drift.png").exists()
 
 
+def test_rollback_needs_a_previous_champion(project, trained):
+    refused = cli(project, "mlops_rollback")
+    assert refused.returncode != 0 and "no previous champion" in refused.stderr
+    assert champion_version(load_settings(environ=project[1])) == trained["champion"]
+
+
 def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
     result = cli(project, "mlops_run", MLOPS_SPLIT__TEST_FROM="2014-01-01")
     assert result.returncode == 1
