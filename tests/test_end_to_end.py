@@ -148,6 +148,12 @@ def test_monitor_reads_the_served_predictions(server, trained, project):
     assert (out_dir/"drift.png").exists()
 
 
+def test_registered_model_reproduces_from_its_records(project, trained):
+    result = cli(project, "mlops_reproduce", trained["mlflow_run_id"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"v{trained['registered_version']}" in result.stdout and "rebuilt model matches" in result.stdout
+
+
 def test_rollback_needs_a_previous_champion(project, trained):
     refused = cli(project, "mlops_rollback")
     assert refused.returncode != 0 and "no previous champion" in refused.stderr
