@@ -51,6 +51,11 @@ test_from = "2024-11-01"
 [tune]
 n_trials = 3
 max_rounds = 60
+monotone = {}
+
+[evaluate]
+slices = ["site", "model"]
+behaviour = [{ check = "batch_invariance" }]
 """
 
 
