@@ -160,6 +160,13 @@ def test_rollback_needs_a_previous_champion(project, trained):
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
 
 
+def test_study_without_a_completed_trial_fails_clearly(project, trained):
+    result = cli(project, "mlops_run", MLOPS_TUNE__N_TRIALS="0")
+    assert result.returncode == 1
+    assert "stage 04_tune failed" in result.stderr and "no completed trial" in result.stderr
+    assert champion_version(load_settings(environ=project[1])) == trained["champion"]
+
+
 def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
     result = cli(project, "mlops_run", MLOPS_SPLIT__TEST_FROM="2014-01-01")
     assert result.returncode == 1

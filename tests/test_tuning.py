@@ -1,8 +1,10 @@
 """Several tuning processes share one Optuna study through its journal file: every trial ends complete or
 pruned, none is lost or left running, and the study stops at its budget."""
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import optuna
 
@@ -35,3 +37,28 @@ def test_two_workers_share_one_study(tmp_path):
     assert n_trials <= len(states) <= n_trials + 1
     assert {t.number for t in study.trials} == set(range(len(states)))
     assert states.count(optuna.trial.TrialState.COMPLETE) >= 5
+
+
+SLOW_WORKER = WORKER.replace("max_rounds=80, early_stopping_rounds=10", "max_rounds=100000, early_stopping_rounds=100000")
+
+
+def test_killed_worker_leaves_no_trial_running(tmp_path):
+    journal = tmp_path/"study.log"
+    victim = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, str(journal), "50", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # wait, at most 60 s, until the victim is inside a trial
+            time.sleep(0.1)
+            if journal.exists():
+                study = optuna.load_study(study_name="shared", storage=journal_storage(journal))
+                if any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials): break
+        else: raise AssertionError("the worker never started a trial")
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    survivor = subprocess.run([sys.executable, "-c", WORKER, str(journal), "3", "2"], capture_output=True, text=True, timeout=300)
+    assert survivor.returncode == 0, survivor.stderr[-2000:]
+    study = optuna.load_study(study_name="shared", storage=journal_storage(journal))
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) >= 1
