@@ -1,12 +1,16 @@
 """Several tuning processes share one Optuna study through its journal file: every trial ends complete or
 pruned, none is lost or left running, and the study stops at its budget."""
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import optuna
+import pytest
+import sqlalchemy
 
 from mlops_nb.tune import FINISHED, journal_storage
 
@@ -62,3 +66,17 @@ def test_killed_worker_leaves_no_trial_running(tmp_path):
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) >= 1
+
+
+def test_study_in_postgresql_when_configured():
+    "tune.storage takes a database URL: the same study code runs against PostgreSQL."
+    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("postgresql://", "postgresql+psycopg://", 1)
+    try: sqlalchemy.create_engine(url).connect().close()
+    except Exception as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    name = f"shared_{uuid.uuid4().hex[:8]}"
+    worker = subprocess.run([sys.executable, "-c", WORKER.replace('journal_storage(sys.argv[1])', 'sys.argv[1]').replace('study_name="shared"', f'study_name="{name}"'),
+                             url, "4", "1"], capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(study.trials) == 4 and all(t.state in FINISHED for t in study.trials)
+    optuna.delete_study(study_name=name, storage=url)
