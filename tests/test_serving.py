@@ -1,0 +1,188 @@
+"""The prediction server as its own process, over real HTTP: its OpenAPI document against schemathesis,
+50 clients while the champion alias moves, SIGTERM under load, and the inference log across a restart."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+
+from mlops_nb.config import save_settings, stage_run_dir, standalone_settings, use_tracking
+from mlops_nb.evaluate import champion_version, load_bundle, train_and_register
+from mlops_nb.inference_log import read_inference_log
+from mlops_nb.ingest import read_snapshot
+
+BIN = Path(sys.executable).parent
+LOAD_SECONDS = float(os.environ.get("MLOPS_TEST_LOAD_SECONDS", "60"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    "A registry holding two versions of the model, v1 the champion; the settings file and a few request rows."
+    settings = standalone_settings()
+    train_and_register(settings, stage_run_dir(settings))
+    train_and_register(settings, stage_run_dir(settings))
+    use_tracking(settings)
+    versions = sorted(str(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{settings.model_name}'"))
+    assert versions == ["1", "2"] and champion_version(settings) == "1"
+    champion = load_bundle(settings, alias="champion")
+    rows = (read_snapshot({"path": settings.snapshots_dir/f"{champion.data_digest}.parquet"})
+            .select(list(champion.spec["inputs"])).tail(1000).to_dicts())
+    path = save_settings(settings, tmp_path_factory.mktemp("serve")/"settings.json")
+    return settings, path, rows
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    "`mlops_serve` started as its own process on a free port."
+    def __init__(self, config:Path, **env):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {**{k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}, **env}
+        self.proc = subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(self.port)],
+                                     env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True).start()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.proc.poll() is None, "".join(self.output)
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200: return
+            except httpx.TransportError: pass
+            time.sleep(0.3)
+        self.stop()
+        pytest.fail("the server did not become ready within 120 s:\n" + "".join(self.output))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None: self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def _metric(text:str, name:str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _wait_for_in_flight(url:str, received:int) -> int:
+    "Wait until the server has taken all `received` predictions (answered or in flight); how many are in flight."
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        text = httpx.get(f"{url}/metrics").text
+        in_flight, answered = _metric(text, "mlops_predictions_in_flight"), _metric(text, 'mlops_requests_total{endpoint="predict"')
+        if in_flight + answered >= received: return int(in_flight)
+        time.sleep(0.02)
+    pytest.fail(f"the server did not receive {received} predictions within 60 s")
+
+
+def test_schemathesis_finds_no_server_error_and_no_broken_response(registry):
+    settings, path, _ = registry
+    server = Process(path, MLOPS_SERVE__ADMIN_TOKEN="secret")
+    try:
+        result = subprocess.run([str(BIN/"st"), "run", f"{server.url}/schema/openapi.json",
+                                 "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+                                 "--max-examples", "60", "--seed", "1", "--no-color"],
+                                capture_output=True, text=True, timeout=900)
+    finally: server.stop()
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "/predict" in result.stdout
+
+
+def test_fifty_clients_while_the_champion_moves_ten_times(registry):
+    "No failed request, and every answer names a version that was champion during the test."
+    settings, path, rows = registry
+    server = Process(path, MLOPS_SERVE__POLL_SECONDS="0.5")
+    client = mlflow.MlflowClient()
+    champions, answers, failures, stop = {"1"}, [], [], threading.Event()
+
+    def load():
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = http.post("/predict", json={"rows": rows[i % 100:i % 100 + 1 + i % 3]})
+                    if r.status_code != 200: failures.append(f"{r.status_code}: {r.text[:200]}")
+                    else: answers.append((r.headers["x-model-version"], r.json()["model_version"]))
+                except httpx.HTTPError as e: failures.append(repr(e))
+    try:
+        with ThreadPoolExecutor(50) as pool:
+            for _ in range(50): pool.submit(load)
+            for move in range(10):
+                time.sleep(LOAD_SECONDS/10)
+                target = "2" if move % 2 == 0 else "1"
+                client.set_registered_model_alias(settings.model_name, "champion", target)
+                champions.add(target)
+            time.sleep(1)
+            stop.set()
+    finally:
+        client.set_registered_model_alias(settings.model_name, "champion", "1")
+        server.stop()
+    assert not failures, failures[:10]
+    assert len(answers) > 50*10, len(answers)
+    assert all(header == body for header, body in answers)  # one version answered each request
+    served = {v for v, _ in answers}
+    assert served <= champions and served == {"1", "2"}, served
+
+
+def test_sigterm_under_load_loses_no_request_and_the_log_survives_a_restart(registry, tmp_path):
+    settings, path, rows = registry
+    log_url = f"sqlite:///{tmp_path/'inference.db'}"
+    env = {"MLOPS_INFERENCE_LOG": log_url, "MLOPS_SERVE__THREADS": "1", "MLOPS_SERVE__TIMEOUT_SECONDS": "60"}
+    server = Process(path, **env)
+    answered, connected = [], threading.Barrier(21)
+
+    def big_request():
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            http.get("/health")  # the connection is open and accepted before the load starts
+            connected.wait()
+            r = http.post("/predict?explain=true&features=true", json={"rows": rows})
+            answered.append((time.time(), r.status_code, r.json().get("request_id")))
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(big_request) for _ in range(20)]
+        connected.wait()
+        in_flight = _wait_for_in_flight(server.url, received=20)
+        sigterm_at = time.time()
+        server.proc.send_signal(signal.SIGTERM)
+        for f in futures: f.result()
+    assert server.proc.wait(timeout=120) in (0, -signal.SIGTERM), "".join(server.output)  # uvicorn re-raises the signal it handled
+    assert "Application shutdown complete" in "".join(server.output)
+    assert [status for _, status, _ in answered] == [200]*20
+    assert in_flight > 0 and sum(t > sigterm_at for t, _, _ in answered) >= in_flight
+    first_ids = {rid for _, _, rid in answered}
+
+    restarted = Process(path, **env)
+    try:
+        more = [httpx.post(f"{restarted.url}/predict", json={"rows": rows[:5]}, timeout=30).json()["request_id"] for _ in range(10)]
+    finally: assert restarted.stop() in (0, -signal.SIGTERM)
+    logged = read_inference_log(log_url, last=100_000)
+    counts = dict(logged.group_by("request_id").len().iter_rows())
+    assert {rid: counts.get(rid) for rid in first_ids} == {rid: len(rows) for rid in first_ids}, "".join(server.output)
+    assert {rid: counts.get(rid) for rid in more} == {rid: 5 for rid in more}
+
+
+def test_feedback_is_stored_beside_the_prediction(registry, tmp_path):
+    settings, path, rows = registry
+    log_url = f"sqlite:///{tmp_path/'inference.db'}"
+    server = Process(path, MLOPS_INFERENCE_LOG=log_url, MLOPS_SERVE__API_KEYS='["k1"]')
+    try:
+        assert httpx.post(f"{server.url}/predict", json={"rows": rows[:2]}).status_code == 401
+        answer = httpx.post(f"{server.url}/predict", json={"rows": rows[:2]}, headers={"X-API-Key": "k1"}).json()
+        r = httpx.post(f"{server.url}/feedback", json={"request_id": answer["request_id"], "row": 1, "label": 1}, headers={"X-API-Key": "k1"})
+        assert r.status_code == 202, r.text
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally: server.stop()
+    from mlops_nb.inference_log import read_feedback
+    assert read_feedback(log_url).select("request_id", "row", "true_label").rows() == [(answer["request_id"], 1, 1)]
+    assert 'mlops_errors_total{kind="unauthorized"} 1.0' in metrics
