@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock settings.ini setup.py
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
 	@test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)
-	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	$(UV) pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name mlops_nb --display-name "Python (mlops_nb)" >/dev/null
 	@touch $@

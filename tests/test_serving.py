@@ -186,3 +186,45 @@ def test_feedback_is_stored_beside_the_prediction(registry, tmp_path):
     from mlops_nb.inference_log import read_feedback
     assert read_feedback(log_url).select("request_id", "row", "true_label").rows() == [(answer["request_id"], 1, 1)]
     assert 'mlops_errors_total{kind="unauthorized"} 1.0' in metrics
+
+
+def test_overload_is_shed_with_503_and_slow_predictions_get_504(registry):
+    settings, path, rows = registry
+    server = Process(path, MLOPS_SERVE__MAX_CONCURRENCY="2", MLOPS_SERVE__TIMEOUT_SECONDS="0.05", MLOPS_SERVE__THREADS="1")
+    try:
+        def big_request(_):
+            r = httpx.post(f"{server.url}/predict?explain=true", json={"rows": rows}, timeout=60)
+            return r.status_code, r.headers.get("retry-after"), r.elapsed.total_seconds()
+        with ThreadPoolExecutor(12) as pool: answers = list(pool.map(big_request, range(12)))
+        for _ in range(50):  # the batch running when the load stopped finishes, then the server answers again
+            small = httpx.post(f"{server.url}/predict", json={"rows": rows[:1]}, timeout=10)
+            if small.status_code == 200: break
+            time.sleep(0.1)
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally: server.stop()
+    statuses = {status for status, _, _ in answers}
+    assert statuses <= {503, 504} and 503 in statuses and 504 in statuses, answers
+    assert all(retry == "1" for status, retry, _ in answers if status == 503)
+    assert small.status_code == 200  # the server recovers once the load is gone
+    assert 'mlops_errors_total{kind="overload"}' in metrics and 'mlops_errors_total{kind="timeout"}' in metrics
+
+
+def test_inference_log_in_postgresql_when_configured():
+    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    import psycopg
+    try: psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    import numpy as np
+    import polars as pl
+    import sqlalchemy as sa
+    from mlops_nb.inference_log import InferenceLog, labelled_predictions, store_engine
+    engine = store_engine(url)
+    with engine.begin() as c:
+        c.execute(sa.text("delete from feedback")); c.execute(sa.text("delete from predictions"))
+    log = InferenceLog(url)
+    log.append("pg1", "3", {"carrier": ["AA", "B6"], "distance": [100.0, None]}, np.array([0.2, 0.9]), np.array([0, 1]))
+    log.add_feedback("pg1", 1, 1)
+    assert log.flush() and log.rows_of("pg1") == 2
+    log.close()
+    labelled = labelled_predictions(url)
+    assert labelled.select("request_id", "row", "carrier", "probability", "true_label").rows() == [("pg1", 1, "B6", 0.9, 1)]
