@@ -115,7 +115,8 @@ def wrk(url:str, body:Path, script:Path, connections:int, seconds:float) -> dict
     "Requests per second, p50 and p99 latency (ms) and non-2xx answers from one wrk run."
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
                          env={**os.environ, "BENCH_BODY": str(body)}, capture_output=True, text=True, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if set(latency) != {"50", "99"}: raise RuntimeError(f"no p50/p99 in wrk's report for {url} at c={connections}:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
     return {"requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 from pathlib import Path
@@ -20,7 +21,7 @@ from .ingest import load_stage_snapshot, read_snapshot
 
 # %% auto #0
 __all__ = ['log', 'SPLITS', 'drop_ignored', 'drop_unusable', 'choose_features', 'fit_transform', 'sql_expression', 'derive',
-           'category_codes', 'transform_plan', 'run_plan', 'apply_transform', 'boundary', 'split_by_time',
+           'category_codes', 'transform_plan', 'run_plan', 'apply_transform', 'MatrixPlan', 'boundary', 'split_by_time',
            'clean_stage', 'load_split', 'load_transform']
 
 # %% ../nbs/03_clean.ipynb #fed35ce1
@@ -91,12 +92,12 @@ def derive(df:pl.DataFrame, derived:dict[str, str]) -> pl.DataFrame:
 
 def _as_input(c:str, family:str, schema:pl.Schema, spec:dict) -> pl.Expr:
     "Column `c` in the type it had in training; times sent as ISO 8601 text are parsed (as UTC unless they say otherwise)."
-    if family in _CASTS: return pl.col(c).cast(_CASTS[family])
+    if family in _CASTS: return None if schema[c] == _CASTS[family] else pl.col(c).cast(_CASTS[family])
     if family == "datetime" and schema[c] == pl.String:
         zone = spec.get("time_zones", {}).get(c)
         parsed = pl.col(c).str.to_datetime(time_zone="UTC")
         return (parsed.dt.convert_time_zone(zone) if zone else parsed.dt.replace_time_zone(None)).alias(c)
-    return pl.col(c)
+    return None
 
 def category_codes(column:str, categories:list[str]) -> pl.Expr:
     "Each value's index in `categories` as a float; NaN when missing or unknown. Streams: an Enum cast, not a lookup table."
@@ -109,24 +110,50 @@ def _number(c:str, p:dict) -> pl.Expr:
     if "low" in p: x = x.clip(p["low"], p["high"])
     return (x if p["missing"] == "keep" else x.fill_null(p["fill"])).alias(c)
 
-def transform_plan(spec:dict, schema:pl.Schema) -> list[list[pl.Expr]]:
+def transform_plan(spec:dict, schema:pl.Schema, number=_number) -> list[list[pl.Expr]]:
     "The transformation as polars expressions for inputs of `schema`, in three steps: typed inputs, derived columns, features."
     _require_inputs(schema, spec["inputs"])
-    values = {c: _number(c, p) for c, p in spec["numeric"].items()} | {c: category_codes(c, p["categories"]) for c, p in spec["categorical"].items()}
-    return [[_as_input(c, t, schema, spec) for c, t in spec["inputs"].items()],
+    values = {c: number(c, p) for c, p in spec["numeric"].items()} | {c: category_codes(c, p["categories"]) for c, p in spec["categorical"].items()}
+    typed = [_as_input(c, t, schema, spec) for c, t in spec["inputs"].items()]
+    return [[e for e in typed if e is not None],  # inputs already of their type need no cast
             [sql_expression(e).alias(n) for n, e in spec["derived"].items()],
             [values[f] for f in spec["features"]]]
 
 def run_plan(df:pl.DataFrame|pl.LazyFrame, plan:list[list[pl.Expr]]) -> pl.DataFrame|pl.LazyFrame:
     "`df` through the steps of `plan`: the feature columns, in the model's order."
     inputs, derived, values = plan
-    df = df.with_columns(inputs)
+    if inputs: df = df.with_columns(inputs)
     if derived: df = df.with_columns(derived)
     return df.select(values)
 
 def apply_transform(df:pl.DataFrame|pl.LazyFrame, spec:dict) -> pl.DataFrame|pl.LazyFrame:
     "The model's input: one float column per feature, in `spec`'s order (lazy in, lazy out)."
     return run_plan(df, transform_plan(spec, schema_of(df)))
+
+# %% ../nbs/03_clean.ipynb #88959ee0
+def _float(c:str, p:dict) -> pl.Expr: return pl.col(c).cast(pl.Float64).alias(c)
+
+@dataclass
+class MatrixPlan:
+    "`spec`'s transformation for small eager frames of `schema`: polars steps, then clipping and filling as array operations."
+    steps: list[list[pl.Expr]]
+    low: np.ndarray  # per feature: -inf, +inf and no fill where the transformation does not clip or fill
+    high: np.ndarray
+    fill: np.ndarray
+    filled: np.ndarray
+
+    @classmethod
+    def compile(cls, spec:dict, schema:pl.Schema) -> "MatrixPlan":
+        numeric = [spec["numeric"].get(f, {"missing": "keep"}) for f in spec["features"]]
+        return cls(transform_plan(spec, schema, number=_float),
+                   np.array([p.get("low", -np.inf) for p in numeric]), np.array([p.get("high", np.inf) for p in numeric]),
+                   np.array([p.get("fill", 0.0) for p in numeric]), np.array([p["missing"] != "keep" for p in numeric]))
+
+    def __call__(self, df:pl.DataFrame) -> np.ndarray:
+        "The feature matrix for `df`: float64, NaN where a value stays missing."
+        X = run_plan(df, self.steps).to_numpy()  # a null becomes NaN, as fill_nan(None) then fill_null treats both alike
+        np.clip(X, self.low, self.high, out=X)  # NaN stays NaN
+        return np.where(np.isnan(X) & self.filled, self.fill, X)
 
 # %% ../nbs/03_clean.ipynb #9d1a9118
 def boundary(day:str, column:pl.Series) -> datetime:

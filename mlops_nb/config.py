@@ -147,12 +147,12 @@ class ServeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout_seconds: float = 5.0  # a prediction taking longer gets 504
     max_concurrency: int = 64  # predictions in flight; more are shed at once with 503 instead of queueing
     threads: int = 0  # inference threads; 0: one fewer than the cores (at least 1): the event loop keeps one
-    xgboost_threads: int = 0  # threads per XGBoost call; 0: cores / inference threads, at least 1
+    xgboost_threads: int = 1  # threads per XGBoost call: a batch of requests is small, one thread predicts it sooner than a team that must wake
     explain_top: int = 5  # contributions returned per row with ?explain=true
     admin_token: str = ""  # bearer token for /admin/*; empty: admin endpoints refuse every call
     api_keys: list[str] = msgspec.field(default_factory=list)  # when set, /predict and /feedback need `X-API-Key`
     log_queue: int = 10_000  # requests waiting to be logged; beyond it their rows are counted as dropped, never waited for
-    log_batch_seconds: float = 0.2  # the inference log writes at most this long after a prediction
+    log_batch_seconds: float = 0.05  # the inference log writes at most this long after a prediction (short writes: short pauses)
 
 class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "Drift checks between the training data and the inference log."

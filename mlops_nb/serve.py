@@ -37,7 +37,7 @@ from litestar.params import FromQuery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .config import Settings, load_settings
-from .clean import apply_transform, run_plan, transform_plan
+from .clean import MatrixPlan, apply_transform
 from .contract import find_broken_rows
 from .evaluate import ModelBundle, champion_version, load_bundle
 from .inference_log import InferenceLog
@@ -134,7 +134,7 @@ class Served:
         self.loose = msgspec.json.Decoder(request_type(spec, contract, self.max_rows, strict=False))
         self.schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in spec["inputs"].items()}
         self.example = example_row(spec, contract)
-        self.plan = transform_plan(spec, pl.Schema(self.schema))  # built once: a request only runs it
+        self.plan = MatrixPlan.compile(spec, pl.Schema(self.schema))  # built once: a request only runs it
 
     def columns(self, body:bytes) -> dict[str, list]:
         "The request's values, one list per input column, or a `RequestError` naming the row and field at fault."
@@ -164,12 +164,12 @@ class Served:
 
     def frame(self, columns:dict[str, list]) -> pl.DataFrame:
         "Input columns as a frame of the types the transformation expects."
-        return pl.DataFrame(columns, schema=self.schema)
+        return pl.DataFrame([pl.Series(c, columns[c], dtype=t) for c, t in self.schema.items()])  # a quarter faster than from a dict
 
     def predict(self, frame:pl.DataFrame, explain:int=0, features:bool=False) -> dict:
         "Probabilities, labels at the model's threshold, and on request contributions and feature vectors."
         b = self.bundle
-        try: X = run_plan(frame, self.plan).to_numpy()
+        try: X = self.plan(frame)
         except pl.exceptions.PolarsError:  # e.g. a derived feature of an impossible date, within the contract's ranges
             raise RequestError(422, "rows the feature transformation cannot compute: " + "; ".join(_untransformable(frame, b.spec)),
                                "contract") from None
@@ -284,9 +284,23 @@ class ServerMetrics:
         self.log_errors = Counter("mlops_inference_log_errors", "Failed writes to the inference log", registry=r)
         self.log_dropped = Counter("mlops_inference_log_dropped", "Rows not logged because the log queue was full", registry=r)
 
+        self._children = {}  # label lookups take a lock: each series is looked up once
+
     def answered(self, endpoint:str, status:int, started:float):
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(time.perf_counter() - started)
+        key = (endpoint, status)
+        if key not in self._children: self._children[key] = (self.requests.labels(endpoint, str(status)), self.latency.labels(endpoint))
+        requests, latency = self._children[key]
+        requests.inc()
+        latency.observe(time.perf_counter() - started)
+
+    def predicted(self, labels:list[int]):
+        positives = sum(labels)
+        if positives: self._label("1").inc(positives)
+        if len(labels) - positives: self._label("0").inc(len(labels) - positives)
+
+    def _label(self, label:str):
+        if label not in self._children: self._children[label] = self.predictions.labels(label)
+        return self._children[label]
 
 # %% ../nbs/06_serve.ipynb #4809e688
 def _cores() -> int: return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -299,9 +313,10 @@ class Server:
         self.served: Served|None = None
         self.metrics = ServerMetrics()
         self.threads = self.s.threads or max(1, _cores() - 1)  # a core stays with the event loop
-        self.xgboost_threads = self.s.xgboost_threads or max(1, _cores() // self.threads)
+        self.xgboost_threads = max(1, self.s.xgboost_threads)
         self.batcher = Batcher(self.threads, self.s.max_rows, self.s.explain_top)
         self.in_flight = 0
+        self.metrics.in_flight.set_function(lambda: self.in_flight)  # read when scraped, not kept up per request
         self.failed_version: str|None = None
         self.last_reload_error = ""
         self.inference_log: InferenceLog|None = None
@@ -408,26 +423,22 @@ async def _predict(server:Server, request:Request, explain:bool, features:bool) 
     if server.in_flight >= server.s.max_concurrency:
         raise RequestError(503, f"overloaded: {server.in_flight} predictions in flight", "overload", headers={"Retry-After": "1"})
     server.in_flight += 1
-    server.metrics.in_flight.inc()
     try:
         columns = served.columns(await request.body())
-        with anyio.fail_after(server.s.timeout_seconds): out = await server.batcher.predict(served, columns, explain, features)
+        async with asyncio.timeout(server.s.timeout_seconds): out = await server.batcher.predict(served, columns, explain, features)
     except TimeoutError: raise RequestError(504, f"the prediction took longer than {server.s.timeout_seconds} s", "timeout") from None
-    finally:
-        server.in_flight -= 1
-        server.metrics.in_flight.dec()
+    finally: server.in_flight -= 1
     return _answer(server, served, columns, out)
 
 def _answer(server:Server, served:Served, columns:dict[str, list], out:dict) -> Response:
     b, proba, labels = served.bundle, out["proba"], out["labels"]
     request_id = server.next_request_id()
     server.inference_log.append(request_id, b.version, columns, proba, labels)
-    positives = int(labels.sum())
-    if positives: server.metrics.predictions.labels("1").inc(positives)
-    if len(labels) - positives: server.metrics.predictions.labels("0").inc(len(labels) - positives)
-    contributions = out.get("contributions") or [None]*len(proba)
-    predictions = [Prediction(float(p), int(l), [Contribution(**c) for c in cs] if cs else None)
-                   for p, l, cs in zip(proba.tolist(), labels.tolist(), contributions)]
+    labels = labels.tolist()
+    server.metrics.predicted(labels)
+    contributions = out.get("contributions") or [None]*len(labels)
+    predictions = [Prediction(p, l, [Contribution(**c) for c in cs] if cs else None)
+                   for p, l, cs in zip(proba.tolist(), labels, contributions)]
     answer = PredictResponse(request_id, b.name, b.version, b.threshold, predictions)
     if "features" in out:
         answer.feature_names = b.spec["features"]
