@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 UV := $(PYTHON) -m uv
 
-.PHONY: run test venv demo lab lock readme sync-check bench clean
+.PHONY: run test venv demo lab lock readme sync-check bench docs clean
 
 ## run: create the environment, run the pipeline on the full data, serve the champion and ask it once
 run: venv
@@ -54,6 +54,10 @@ bench: venv
 lock:
 	$(UV) pip compile -q requirements.in -o requirements.lock --python-version 3.11
 
+## docs: the documentation site in _docs/ (Quarto when installed, else Sphinx, offline)
+docs: venv
+	$(BIN)/mlops_docs
+
 ## readme: regenerate README.md from nbs/index.ipynb
 readme: venv
 	$(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --stdout > README.md
@@ -67,4 +71,4 @@ sync-check: venv
 	@test -z "$$(git status --porcelain --untracked-files=all -- mlops_nb)" || { echo "nbdev_export made untracked files in mlops_nb"; exit 1; }
 
 clean:
-	rm -rf $(VENV) _proc _docs
+	rm -rf $(VENV) _proc _docs _docs_build

@@ -175,3 +175,69 @@ def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
     assert failed["status"] == "failed" and failed["stages"][-1]["name"] == "03_clean"
     assert (Path(failed["run_dir"])/"03_clean.ipynb").exists()
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
+
+
+@pytest.fixture(scope="module")
+def docs_site(project, trained, server, tmp_path_factory):
+    "The site `mlops_docs` builds (without Quarto) after a run and a monitoring report, served on loopback; its base URL."
+    import functools, http.server, threading
+    assert httpx.post(f"{server}/predict", json={"rows": EXAMPLE["rows"]*20}, timeout=10).status_code == 200
+    assert cli(project, "mlops_monitor").returncode in (0, 3)  # a report in state/monitor
+    site = tmp_path_factory.mktemp("docs")/"site"
+    result = cli(project, "mlops_docs", "--dest", str(site), "--no_quarto")
+    assert result.returncode == 0, result.stderr[-5000:]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", site
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    "Debian's Chromium, headless, driven by its chromedriver."
+    if not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists():
+        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--window-size=1280,1000",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_docs_site_in_a_browser(docs_site, browser, project, trained):
+    "Every page loads from loopback alone, no internal link is broken, every image is present; screenshots are kept."
+    from urllib.parse import urljoin, urldefrag
+    base, site = docs_site
+    pages = sorted(str(p.relative_to(site)) for p in site.rglob("*.html") if not p.name.startswith("_"))
+    for required in ["index.html", "03_clean.html", "06_serve.html", "guides/quick_start.html", "run/model_card.html", "run/monitoring.html", "run/benchmarks.html"]:
+        assert required in pages
+    broken, foreign, missing_images = [], [], []
+    for page in pages:
+        browser.get(base + page)
+        assert browser.execute_script("return document.readyState") == "complete"
+        for url in browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"):
+            if not url.startswith(base): foreign.append(f"{page}: {url}")
+        missing_images += [f"{page}: {src}" for src in browser.execute_script(
+            "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")]
+        for href in browser.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)"):
+            target = urldefrag(href)[0]
+            if target.startswith(base) and target[len(base):] and not (site/target[len(base):]).exists(): broken.append(f"{page} -> {href}")
+    assert not foreign, foreign[:10]
+    assert not broken, broken[:10]
+    assert not missing_images, missing_images[:10]
+    browser.get(base + "run/model_card.html")
+    card = browser.find_element("tag name", "body").text
+    assert f"v{trained['champion']}" in card and "Intended use" in card
+    browser.get(base + "run/monitoring.html")
+    assert "drift detected" in browser.find_element("tag name", "body").text
+    shots = project[0]/"screenshots"
+    shots.mkdir(exist_ok=True)
+    for name, page in [("home", "index.html"), ("model_card", "run/model_card.html"), ("monitoring", "run/monitoring.html")]:
+        browser.get(base + page)
+        assert browser.save_screenshot(str(shots/f"{name}.png")) and (shots/f"{name}.png").stat().st_size > 10_000
