@@ -20,7 +20,7 @@ from .pipeline import notebooks_dir
 
 # %% auto #0
 __all__ = ['log', 'SPHINX_CONF', 'execute_notebook', 'latest_run', 'champion_card', 'run_pages', 'sidebar_sections',
-           'sphinx_site', 'external_resources', 'build_docs', 'mlops_docs']
+           'sphinx_site', 'external_resources', 'prepare_sources', 'build_docs', 'mlops_docs']
 
 # %% ../nbs/09_docs.ipynb #46b32ea1
 log = logging.getLogger(__name__)
@@ -212,34 +212,39 @@ def external_resources(site:Path) -> list[str]:
     return found
 
 # %% ../nbs/09_docs.ipynb #aeb222a7
+def prepare_sources(settings:Settings, work:Path) -> Path:
+    "A copy of the notebooks folder with every notebook executed and the run pages written: what either renderer reads."
+    nbs = notebooks_dir(settings).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(nbs, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.ipynb", "run"))
+    for notebook in sorted(nbs.glob("*.ipynb")):
+        log.info("executing %s", notebook.name)
+        execute_notebook(notebook, work/notebook.name)
+    run_pages(settings, work, nbs.parent/"bench"/"results")
+    return work
+
 def build_docs(settings:Settings, dest:Path, quarto:bool=True) -> dict:
     "Build the site into `dest`: with nbdev_docs when Quarto is installed (and `quarto`), else with Sphinx."
     from fastcore.xtras import working_directory
-    nbs = notebooks_dir(settings).resolve()
-    root = nbs.parent  # where settings.ini is: nbdev's configuration
-    if quarto and shutil.which("quarto"):
-        run_pages(settings, nbs, root/"bench"/"results")  # nbs/run/: the sidebar's "Latest run" pages, for Quarto too
-        subprocess.run([str(Path(sys.executable).parent/"nbdev_docs")], cwd=root, check=True)
-        return {"site": str(root/"_docs"), "renderer": "quarto"}
-    from nbdev.serve import proc_nbs
+    root = notebooks_dir(settings).resolve().parent  # where settings.ini is: nbdev's configuration
     work = root/"_docs_build"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(nbs, work/"nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.ipynb"))
-    for notebook in sorted(nbs.glob("*.ipynb")):
-        log.info("executing %s", notebook.name)
-        execute_notebook(notebook, work/"nbs"/notebook.name)
-    with working_directory(root): processed = proc_nbs(work/"nbs", n_workers=0, force=True)
-    source = work/"site"
-    shutil.copytree(processed, source)
-    (source/"sidebar.yml").unlink(missing_ok=True)
-    run_pages(settings, source, root/"bench"/"results")
-    sections = sidebar_sections(nbs)
+    source = prepare_sources(settings, work/"nbs")
     shutil.rmtree(dest, ignore_errors=True)
-    sphinx_site(source, dest, sections)
+    if quarto and shutil.which("quarto"):
+        subprocess.run([str(Path(sys.executable).parent/"nbdev_docs"), "--path", str(source)], cwd=root, check=True)
+        if (root/"_docs").resolve() != Path(dest).resolve(): shutil.copytree(root/"_docs", dest)
+        renderer = "quarto"
+    else:
+        from nbdev.serve import proc_nbs
+        with working_directory(root): processed = proc_nbs(source, n_workers=0, force=True)
+        shutil.copytree(processed, work/"site")
+        (work/"site"/"sidebar.yml").unlink(missing_ok=True)
+        sphinx_site(work/"site", dest, sidebar_sections(source))
+        renderer = "sphinx"
     remote = external_resources(dest)
     if remote: raise RuntimeError("the site would load resources from other hosts:\n" + "\n".join(remote[:20]))
     shutil.rmtree(work, ignore_errors=True)
-    return {"site": str(dest), "renderer": "sphinx", "pages": len(list(dest.rglob("*.html")))}
+    return {"site": str(dest), "renderer": renderer, "pages": len(list(Path(dest).rglob("*.html")))}
 
 @call_parse
 def mlops_docs(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
@@ -251,4 +256,4 @@ def mlops_docs(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or
     settings = load_settings(config)
     out = Path(dest) if dest else notebooks_dir(settings).resolve().parent/"_docs"
     result = build_docs(settings, out, quarto=not no_quarto)
-    print(f"site built with {result['renderer']} in {result['site']}" + (f" ({result['pages']} pages)" if "pages" in result else ""))
+    print(f"site built with {result['renderer']} in {result['site']} ({result['pages']} pages)")
