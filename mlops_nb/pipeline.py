@@ -5,11 +5,16 @@
 # %% ../nbs/08_pipeline.ipynb #02ca84b6
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
+import json
 import logging
+import os
+import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,8 +26,8 @@ import mlops_nb
 from .config import Settings, git_commit, load_settings, save_settings, use_tracking, write_json, read_json
 
 # %% auto #0
-__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'execute_stage', 'package_versions',
-           'run_pipeline', 'mlops_run']
+__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock',
+           'package_versions', 'run_pipeline', 'mlops_run']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -71,6 +76,59 @@ def execute_stage(stage:str, run_dir:Path, settings:Settings, parent_run_id:str)
         raise StageFailed(f"stage {stage} failed: {type(e).__name__}: {e} (executed notebook: {executed})") from None
     return executed
 
+# %% ../nbs/08_pipeline.ipynb #d785331c
+class RunLocked(RuntimeError):
+    "Another pipeline run holds the lock."
+
+def _holder() -> dict: return {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat()}
+
+@contextmanager
+def _file_lock(path:Path, run_id:str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try: held = json.loads(f.read())
+            except ValueError: held = {}
+            raise RunLocked(f"run {held.get('run_id', '?')} (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
+                            f"since {held.get('started', '?')}) holds the lock {path}") from None
+        f.seek(0); f.truncate()
+        f.write(json.dumps({"run_id": run_id, **_holder()})); f.flush()
+        try: yield
+        finally:
+            f.seek(0); f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+def _lock_key(name:str) -> int:
+    "A stable signed 64-bit key for PostgreSQL's advisory locks."
+    import hashlib
+    return int.from_bytes(hashlib.sha256(f"mlops_nb run {name}".encode()).digest()[:8], "big", signed=True)
+
+@contextmanager
+def _postgres_lock(url:str, key:int, run_id:str):
+    import sqlalchemy as sa
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url,
+                              connect_args={"application_name": f"mlops_run {run_id}"}, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as c:
+            if not c.execute(sa.text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar_one():
+                holder = c.execute(sa.text("select a.application_name, a.pid, a.client_addr, a.backend_start from pg_locks l "
+                                           "join pg_stat_activity a on a.pid = l.pid where l.locktype = 'advisory' and l.granted "
+                                           "and ((l.classid::bigint << 32) | l.objid::bigint) = (:k & x'ffffffffffffffff'::bigint)"),
+                                   {"k": key}).first()
+                who = f"{holder[0] or 'a client'} (PostgreSQL backend {holder[1]}, since {holder[3]})" if holder else "another run"
+                raise RunLocked(f"{who} holds the run lock in the tracking database")
+            c.commit()
+            try: yield
+            finally: c.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": key})
+    finally: engine.dispose()
+
+def run_lock(settings:Settings, run_id:str):
+    "The lock a run holds while it runs: a PostgreSQL advisory lock when the tracking store is PostgreSQL, else a file lock."
+    if settings.mlflow_uri.startswith("postgresql"): return _postgres_lock(settings.mlflow_uri, _lock_key(settings.model_name), run_id)
+    return _file_lock(settings.state/"run.lock", run_id)
+
 # %% ../nbs/08_pipeline.ipynb #90e05520
 PACKAGES = ["mlops_nb", "polars", "xgboost", "optuna", "mlflow", "litestar", "papermill", "nbdev"]
 
@@ -86,9 +144,12 @@ def _finish(ledger:dict, run_dir:Path, status:str) -> dict:
     return ledger
 
 def run_pipeline(settings:Settings, run_id:str|None=None) -> dict:
-    "Execute every stage notebook as one run; its ledger. Raises `StageFailed` when a stage fails."
-    import mlflow
+    "Execute every stage notebook as one run, holding the run lock; its ledger. Raises `RunLocked` at once, or `StageFailed`."
     run_id = run_id or new_run_id()
+    with run_lock(settings, run_id): return _run_stages(settings, run_id)
+
+def _run_stages(settings:Settings, run_id:str) -> dict:
+    import mlflow
     run_dir = Path(settings.runs_dir)/run_id
     save_settings(settings, run_dir/"settings.json")
     ledger = {"run_id": run_id, "run_dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(),
@@ -133,6 +194,9 @@ def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # the runner prints one line per stage instead
     try: ledger = run_pipeline(load_settings(config), run_id)
+    except RunLocked as e:
+        log.error("not started: %s", e)
+        raise SystemExit(2)
     except StageFailed as e:
         log.error("run failed: %s", e)
         raise SystemExit(1)
