@@ -164,6 +164,9 @@ class PipelineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     "How the stage notebooks are executed."
     notebooks_dir: str = ""  # folder of the stage notebooks; empty: the project's nbs/
     kernel: str = "mlops_nb"  # the Jupyter kernel registered in the project's environment
+    start_timeout: float = 60.0  # seconds a stage's kernel may take to start
+    stage_timeout: float = 3600.0  # seconds a stage may run before it is killed, kernel and all
+    stage_timeouts: dict[str, float] = {}  # per stage (notebook name): its own limit instead of stage_timeout
 
 # %% ../nbs/00_config.ipynb #979320da
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

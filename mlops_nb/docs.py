@@ -41,9 +41,9 @@ def execute_notebook(notebook:Path, dest:Path) -> Path:
     from nbdev.process import NBProcessor
     nb = NBProcessor(notebook, procs=FrontmatterProc, process=True).nb
     shell = CaptureShell(notebook)
-    with working_directory(notebook.parent):
-        shell.run_all(nb, exc_stop=False, preproc=_skipped)
-    if shell.exc: raise RuntimeError(f"{notebook.name} failed while building the docs:\n{shell.prettytb(fname=notebook)}")
+    try:
+        with working_directory(notebook.parent): shell.run_all(nb, exc_stop=True, preproc=_skipped)
+    except Exception: raise RuntimeError(f"{notebook.name} failed while building the docs:\n{shell.prettytb(fname=notebook)}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_nb(nb, dest)
     return dest

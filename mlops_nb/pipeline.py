@@ -10,6 +10,8 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -23,11 +25,12 @@ from fastcore.script import call_parse
 
 import mlops_nb
 
-from .config import Settings, git_commit, load_settings, save_settings, use_tracking, write_json, read_json
+from .config import Settings, git_commit, load_settings, save_settings, sha256_file, use_tracking, write_json, read_json
 
 # %% auto #0
-__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock',
-           'package_versions', 'run_pipeline', 'mlops_run']
+__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'kill_tree', 'execute_bounded',
+           'execute_stage', 'RunLocked', 'run_lock', 'package_versions', 'run_pipeline', 'stage_outputs', 'mlops_run',
+           'run_summaries', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -60,20 +63,66 @@ def _ipc_kernel_manager():
     return IPCKernelManager
 
 # %% ../nbs/08_pipeline.ipynb #658016a3
+def kill_tree(pid:int) -> None:
+    "Kill process `pid` and every process under it (a Jupyter kernel runs in a session of its own, so a process group is not enough)."
+    import psutil
+    try: root = psutil.Process(pid)
+    except psutil.NoSuchProcess: return
+    procs = root.children(recursive=True) + [root]
+    for p in procs:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(procs, timeout=10)
+
+def _die_with_parent(parent:int):
+    "Kill this process and its kernel as soon as the runner `parent` is gone (even by SIGKILL, even before this started)."
+    import threading
+    def watch():
+        while os.getppid() == parent: time.sleep(0.2)
+        kill_tree(os.getpid())
+    threading.Thread(target=watch, daemon=True).start()
+
+def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel:str, cwd:str, start_timeout:float):
+    "Execute the notebook; send back None, or why it failed."
+    _die_with_parent(runner)
+    for name in [n for n in os.environ if n.startswith("MLOPS_")]: del os.environ[name]  # the run's settings file says it all
+    import papermill as pm
+    try:
+        pm.execute_notebook(source, dest, parameters=params, kernel_name=kernel, cwd=cwd, progress_bar=False, log_output=False,
+                            start_timeout=start_timeout, kernel_manager_class=_ipc_kernel_manager())
+        conn.send(None)
+    except pm.PapermillExecutionError as e: conn.send(f"failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}")
+    except Exception as e:
+        kind = type(e).__name__
+        conn.send(f"failed: the kernel died ({kind}: {e})" if "DeadKernel" in kind else
+                  f"failed: the kernel did not start within {start_timeout} s ({kind}: {e})" if "Timeout" in kind and "start" in str(e).lower() else
+                  f"failed: {kind}: {e}")
+
+def execute_bounded(source:Path, dest:Path, params:dict, kernel:str, cwd:Path, timeout:float, start_timeout:float=60.0) -> str|None:
+    "Execute notebook `source` into `dest` within `timeout` seconds; None, or why it failed."
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or locks inherited from the runner
+    receive, send = ctx.Pipe(duplex=False)
+    from mlops_nb.pipeline import _papermill_child  # by its module: the spawned interpreter imports it from there
+    child = ctx.Process(target=_papermill_child, args=(send, os.getpid(), str(source), str(dest), params, kernel, str(cwd), start_timeout))
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(timeout):
+            return f"timed out after {timeout:g} s: killed with its kernel (pipeline.stage_timeout / stage_timeouts)"
+        try: return receive.recv()
+        except EOFError: return f"failed: the stage's process ended without an answer (exit code {child.join(5) or child.exitcode})"
+    finally:
+        if child.is_alive(): kill_tree(child.pid)
+        child.join(10)
+
 def execute_stage(stage:str, run_dir:Path, settings:Settings, parent_run_id:str) -> Path:
     "Execute one stage notebook into `run_dir`; the executed notebook's path."
-    import papermill as pm
-    nbs = notebooks_dir(settings)
+    nbs, p = notebooks_dir(settings), settings.pipeline
     executed = Path(run_dir)/f"{stage}.ipynb"
     params = {"config": str(Path(run_dir)/"settings.json"), "run_dir": str(run_dir), "parent_run_id": parent_run_id}
-    try:
-        pm.execute_notebook(nbs/f"{stage}.ipynb", executed, parameters=params, kernel_name=settings.pipeline.kernel,
-                            cwd=str(nbs), progress_bar=False, log_output=False, kernel_manager_class=_ipc_kernel_manager())
-    except pm.PapermillExecutionError as e:
-        raise StageFailed(f"stage {stage} failed in cell [{e.exec_count}]: {e.ename}: {e.evalue} "
-                          f"(executed notebook: {executed})") from None
-    except Exception as e:
-        raise StageFailed(f"stage {stage} failed: {type(e).__name__}: {e} (executed notebook: {executed})") from None
+    error = execute_bounded(nbs/f"{stage}.ipynb", executed, params, p.kernel, nbs, p.stage_timeouts.get(stage, p.stage_timeout), p.start_timeout)
+    if error: raise StageFailed(f"stage {stage} {error} (executed notebook: {executed})")
     return executed
 
 # %% ../nbs/08_pipeline.ipynb #d785331c
@@ -143,24 +192,57 @@ def _finish(ledger:dict, run_dir:Path, status:str) -> dict:
     write_json(Path(run_dir)/"run.json", ledger)
     return ledger
 
-def run_pipeline(settings:Settings, run_id:str|None=None) -> dict:
+def run_pipeline(settings:Settings, run_id:str|None=None, resume:bool=False) -> dict:
     "Execute every stage notebook as one run, holding the run lock; its ledger. Raises `RunLocked` at once, or `StageFailed`."
     run_id = run_id or new_run_id()
-    with run_lock(settings, run_id): return _run_stages(settings, run_id)
+    with run_lock(settings, run_id):
+        previous = _previous_ledger(settings, run_id) if resume else None
+        if previous: settings = load_settings(Path(previous["run_dir"])/"settings.json")  # the run goes on as it started
+        return _run_stages(settings, run_id, previous)
 
-def _run_stages(settings:Settings, run_id:str) -> dict:
+def _previous_ledger(settings:Settings, run_id:str) -> dict:
+    path = Path(settings.runs_dir)/run_id/"run.json"
+    if not path.exists(): raise FileNotFoundError(f"no run {run_id} to resume: {path} does not exist")
+    ledger = read_json(path)
+    if ledger.get("status") == "ok": raise ValueError(f"run {run_id} finished already; nothing to resume")
+    return ledger
+
+def stage_outputs(run_dir:Path, stage:str) -> dict[str, str]:
+    "The SHA-256 of every file the stage wrote in its folder, by path."
+    folder = Path(run_dir)/STAGES[stage].split("/")[0]
+    return {str(p.relative_to(run_dir)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+def _done(previous:dict|None, stage:str, run_dir:Path) -> dict|None:
+    "The earlier attempt's record of `stage` if it completed and its outputs are still exactly as recorded."
+    entry = next((s for s in (previous or {}).get("stages", []) if s["name"] == stage), None)
+    if entry and entry["status"] == "ok" and entry.get("outputs") and stage_outputs(run_dir, stage) == entry["outputs"]: return entry
+    return None
+
+def _run_stages(settings:Settings, run_id:str, previous:dict|None=None) -> dict:
     import mlflow
     run_dir = Path(settings.runs_dir)/run_id
     save_settings(settings, run_dir/"settings.json")
     ledger = {"run_id": run_id, "run_dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(),
               "settings": msgspec.to_builtins(settings), "git_commit": git_commit(notebooks_dir(settings)),
-              "packages": package_versions(), "stages": []}
+              "packages": package_versions(), "stages": [], "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
+    if previous: ledger.update(started=previous["started"], resumed=datetime.now(timezone.utc).isoformat(), mlflow_run_id=previous.get("mlflow_run_id"))
     use_tracking(settings)
-    with mlflow.start_run(run_name=f"pipeline {run_id}", tags={"mlops_nb.run_id": run_id, "git_commit": ledger["git_commit"]}) as parent:
+    run_args = {"run_id": ledger["mlflow_run_id"]} if previous and ledger.get("mlflow_run_id") else \
+               {"run_name": f"pipeline {run_id}", "tags": {"mlops_nb.run_id": run_id, "git_commit": ledger["git_commit"]}}
+    with mlflow.start_run(**run_args) as parent:
         ledger["mlflow_run_id"] = parent.info.run_id
-        mlflow.log_dict(ledger["settings"], "settings.json")
-        mlflow.log_params({"run_id": run_id, "n_trials": settings.tune.n_trials, "sample_every": settings.data.sample_every})
+        if not previous:
+            mlflow.log_dict(ledger["settings"], "settings.json")
+            mlflow.log_params({"run_id": run_id, "n_trials": settings.tune.n_trials, "sample_every": settings.data.sample_every})
         for i, (stage, output) in enumerate(STAGES.items(), 1):
+            done = _done(previous, stage, run_dir)
+            if done:
+                ledger["stages"].append({**done, "resumed": "skipped: completed by the earlier attempt"})
+                log.info("[%d/%d] %s skipped: completed by the earlier attempt", i, len(STAGES), stage)
+                continue
+            previous = None  # every later stage runs again: its inputs may differ from the earlier attempt's
+            shutil.rmtree(run_dir/STAGES[stage].split("/")[0], ignore_errors=True)  # what an interrupted attempt half-wrote
+            write_json(run_dir/"run.json", ledger)
             start = time.perf_counter()
             try: executed = execute_stage(stage, run_dir, settings, parent.info.run_id)
             except StageFailed as e:
@@ -173,7 +255,8 @@ def _run_stages(settings:Settings, run_id:str) -> dict:
                 raise
             seconds = round(time.perf_counter() - start, 1)
             summary = read_json(run_dir/output).get("summary", "")
-            ledger["stages"].append({"name": stage, "status": "ok", "seconds": seconds, "summary": summary})
+            ledger["stages"].append({"name": stage, "status": "ok", "seconds": seconds, "summary": summary, "outputs": stage_outputs(run_dir, stage)})
+            write_json(run_dir/"run.json", ledger)  # the stage's completion, recorded once its outputs are all written
             mlflow.log_artifact(str(executed), "notebooks")
             mlflow.log_metric(f"seconds_{stage}", seconds)
             log.info("[%d/%d] %s ok in %.1fs: %s", i, len(STAGES), stage, seconds, summary)
@@ -189,11 +272,15 @@ def _run_stages(settings:Settings, run_id:str) -> dict:
 @call_parse
 def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
               run_id:str=None, # the run's id; default: the time and a random suffix
+              resume:str=None, # the id of an interrupted or failed run: its completed stages are kept, the rest run again
              ):
     "Run the pipeline: ingest, EDA, clean, tune and evaluate, as executed notebooks."
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # the runner prints one line per stage instead
-    try: ledger = run_pipeline(load_settings(config), run_id)
+    try: ledger = run_pipeline(load_settings(config), resume or run_id, resume=bool(resume))
+    except (FileNotFoundError, ValueError) as e:
+        log.error("not started: %s", e)
+        raise SystemExit(2)
     except RunLocked as e:
         log.error("not started: %s", e)
         raise SystemExit(2)
@@ -203,3 +290,37 @@ def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or 
     champion = f"champion is v{ledger['champion']}" if ledger["champion"] else "no champion"
     print(f"run {ledger['run_id']} ok in {ledger['seconds']}s: registered v{ledger['registered_version']}, "
           f"{'promoted' if ledger['promoted'] else 'not promoted'}; {champion}; folder {ledger['run_dir']}")
+
+# %% ../nbs/08_pipeline.ipynb #23029b20
+def _status(ledger:dict) -> str:
+    if ledger.get("status") != "running": return ledger.get("status", "?")
+    alive = ledger.get("host") == socket.gethostname() and Path(f"/proc/{ledger.get('pid')}").exists()
+    return "running" if alive else "interrupted"
+
+def run_summaries(settings:Settings, last:int=20) -> list[dict]:
+    "The latest `last` runs, newest first: id, start, duration, status, failed stage, promoted version."
+    ledgers = [read_json(p) for p in sorted(Path(settings.runs_dir).glob("*/run.json"))][-last:][::-1]
+    return [{"run_id": l["run_id"], "started": l["started"][:19], "seconds": l.get("seconds", ""), "status": _status(l),
+             "failed_stage": next((s["name"] for s in l["stages"] if s["status"] == "failed"), ""),
+             "promoted": l.get("registered_version", "") if l.get("promoted") else ""} for l in ledgers]
+
+@call_parse
+def mlops_runs(run_id:str=None, # show this run's stages; default: list the recent runs
+               config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
+               last:int=20, # how many runs to list
+              ):
+    "List the recent pipeline runs, or show one."
+    settings = load_settings(config)
+    if run_id is None:
+        rows = run_summaries(settings, last)
+        if not rows: return print(f"no runs in {settings.runs_dir}")
+        print(f"{'run':28s} {'started':19s} {'seconds':>8s} {'status':11s} {'failed stage':12s} promoted")
+        for r in rows: print(f"{r['run_id']:28s} {r['started']:19s} {str(r['seconds']):>8s} {r['status']:11s} {r['failed_stage']:12s} {r['promoted']}")
+        return
+    path = Path(settings.runs_dir)/run_id/"run.json"
+    if not path.exists(): raise SystemExit(f"no run {run_id} in {settings.runs_dir}")
+    ledger = read_json(path)
+    print(f"run {run_id}: {_status(ledger)}; started {ledger['started']}; git {ledger.get('git_commit', '')[:12]}; "
+          f"data {ledger.get('data_digest', '')[:12]}; MLflow run {ledger.get('mlflow_run_id', '')}")
+    for s in ledger["stages"]:
+        print(f"  {s['name']:12s} {s['status']:7s} {s['seconds']:>7}s  {s.get('resumed') or s.get('summary') or s.get('error', '')}")

@@ -241,3 +241,33 @@ def test_docs_site_in_a_browser(docs_site, browser, project, trained):
     for name, page in [("home", "index.html"), ("model_card", "run/model_card.html"), ("monitoring", "run/monitoring.html")]:
         browser.get(base + page)
         assert browser.save_screenshot(str(shots/f"{name}.png")) and (shots/f"{name}.png").stat().st_size > 10_000
+
+
+def test_killed_run_resumes_to_the_same_outputs(project, trained):
+    "SIGKILL the runner in the middle of a stage; `mlops_runs` calls the run interrupted; `--resume` keeps what was done and ends where an uninterrupted run ends."
+    home, env = project
+    runner = subprocess.Popen([str(BIN/"mlops_run"), "--run_id", "killed-run"], cwd=home, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger_path = home/"runs"/"killed-run"/"run.json"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # until 03_clean is recorded as done: the runner is inside 04_tune
+        before = json.loads(ledger_path.read_text()) if ledger_path.exists() else {"stages": []}
+        if [s["name"] for s in before["stages"]] == ["01_ingest", "02_eda", "03_clean"]: break
+        assert runner.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.1)
+    runner.kill(); runner.wait()
+    listed = cli(project, "mlops_runs")
+    assert any(line.startswith("killed-run") and "interrupted" in line for line in listed.stdout.splitlines()), listed.stdout
+    result = cli(project, "mlops_run", "--resume", "killed-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads(ledger_path.read_text())
+    assert resumed["status"] == "ok" and resumed["mlflow_run_id"] == before["mlflow_run_id"]
+    assert [bool(s.get("resumed")) for s in resumed["stages"]] == [True, True, True, False, False]
+    run_dir, uninterrupted = Path(resumed["run_dir"]), Path(trained["run_dir"])
+    for stage in ("01_ingest", "02_eda", "03_clean"):  # kept as they were, byte for byte
+        assert next(s for s in resumed["stages"] if s["name"] == stage)["outputs"] == next(s for s in before["stages"] if s["name"] == stage)["outputs"]
+    best, first = json.loads((run_dir/"tune"/"best.json").read_text()), json.loads((uninterrupted/"tune"/"best.json").read_text())
+    assert best["params"] == first["params"] and best["valid_auc"] == first["valid_auc"]
+    assert json.loads((run_dir/"evaluate"/"evaluate.json").read_text())["metrics"] == json.loads((uninterrupted/"evaluate"/"evaluate.json").read_text())["metrics"]
+    shown = cli(project, "mlops_runs", "--run_id", "killed-run")
+    assert "skipped: completed by the earlier attempt" in shown.stdout and "05_evaluate" in shown.stdout
