@@ -234,7 +234,8 @@ def read_feedback(url:str) -> pl.DataFrame:
             rows = c.execute(sa.select(FEEDBACK.c.request_id, FEEDBACK.c.row, FEEDBACK.c.label, FEEDBACK.c.time)
                               .order_by(FEEDBACK.c.id)).all()
     finally: engine.dispose()
-    df = pl.DataFrame([tuple(r) for r in rows], schema=["request_id", "row", "true_label", "feedback_time"], orient="row")
+    schema = {"request_id": pl.String, "row": pl.Int64, "true_label": pl.Int64, "feedback_time": pl.String}  # typed even when empty
+    df = pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
     return df.unique(["request_id", "row"], keep="last", maintain_order=True)
 
 # %% ../nbs/06a_inference_log.ipynb #9b8cec8c
