@@ -186,9 +186,8 @@ def _json(row:dict) -> str:
     return _json_encoder.encode(row).decode()
 
 _CHUNK = 256  # rows per executemany: the writer lets go of the GIL between chunks
-_COLUMNS = {"prediction": ["request_id", "row", "time", "model_version", "inputs", "probability", "label"],
-            "feedback": ["request_id", "row", "label", "time"]}
 _TABLES = {"prediction": PREDICTIONS, "feedback": FEEDBACK}
+_COLUMNS = {kind: [c.name for c in table.columns if c.name != "id"] for kind, table in _TABLES.items()}  # a record's order
 
 def _insert_sql(engine:sa.Engine, kind:str) -> str:
     "The driver's own INSERT statement for one kind of record, in its placeholder style."
