@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .config import Settings, DataSettings, FeatureSettings, SplitSettings, stage_run, write_json, read_json
+from .config import Settings, DataSettings, FeatureSettings, SplitSettings, stage_folder, stage_run, write_json, read_json
 from .contract import schema_of, sql_columns, type_family
 from .ingest import load_stage_snapshot, read_snapshot
 
@@ -189,16 +189,16 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     parts = split_by_time(df, settings.split, data.time_column, data.target)
     numeric, categorical = choose_features(parts["train"], data, settings.features)
     spec = fit_transform(parts["train"], numeric, categorical, settings.features, data.target)
-    out = Path(run_dir)/"clean"; out.mkdir(parents=True, exist_ok=True)
-    for name, part in parts.items(): part.write_parquet(out/f"{name}.parquet")
-    write_json(out/"transform.json", spec)
-    rows = {name: part.height for name, part in parts.items()}
-    with stage_run(settings, "03_clean", parent_run_id):
-        mlflow.log_params({f"rows_{k}": v for k, v in rows.items()} | {"valid_from": settings.split.valid_from, "test_from": settings.split.test_from})
-        mlflow.log_dict(spec, "transform.json")
-    summary = f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows"
-    info = {"rows": rows, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary}
-    write_json(out/"clean.json", info)
+    with stage_folder(run_dir, "clean") as out:
+        for name, part in parts.items(): part.write_parquet(out/f"{name}.parquet")
+        write_json(out/"transform.json", spec)
+        rows = {name: part.height for name, part in parts.items()}
+        with stage_run(settings, "03_clean", parent_run_id):
+            mlflow.log_params({f"rows_{k}": v for k, v in rows.items()} | {"valid_from": settings.split.valid_from, "test_from": settings.split.test_from})
+            mlflow.log_dict(spec, "transform.json")
+        summary = f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows"
+        info = {"rows": rows, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary}
+        write_json(out/"clean.json", info)
     log.info("clean: %s", summary)
     return info
 

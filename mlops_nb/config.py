@@ -8,19 +8,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import tomllib
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
 # %% auto #0
-__all__ = ['ENV_PREFIX', 'SourceSettings', 'JoinSettings', 'DataSettings', 'FeatureSettings', 'SplitSettings', 'TuneSettings',
-           'EvaluateSettings', 'GateSettings', 'ServeSettings', 'MonitorSettings', 'PipelineSettings', 'Settings',
-           'load_settings', 'write_atomic', 'write_json', 'read_json', 'save_settings', 'git_commit', 'sha256_file',
-           'standalone_settings', 'stage_run_dir', 'use_tracking', 'stage_run']
+__all__ = ['TRANSIENT_ERRORS', 'ENV_PREFIX', 'SourceSettings', 'JoinSettings', 'DataSettings', 'FeatureSettings', 'SplitSettings',
+           'TuneSettings', 'EvaluateSettings', 'GateSettings', 'ServeSettings', 'MonitorSettings', 'PipelineSettings',
+           'Settings', 'load_settings', 'write_atomic', 'write_json', 'read_json', 'save_settings', 'git_commit',
+           'stage_folder', 'sha256_file', 'standalone_settings', 'stage_run_dir', 'use_tracking', 'stage_run']
 
 # %% ../nbs/00_config.ipynb #b493d55d
 class SourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -160,6 +162,16 @@ class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bins: int = 10
     window_rows: int = 5000  # the latest predictions compared with the reference
 
+TRANSIENT_ERRORS = [  # failures worth another attempt: something unreachable or busy, not a wrong result
+    r"^(ConnectionError|ConnectionRefusedError|ConnectionResetError|ConnectionAbortedError|BrokenPipeError|TimeoutError)\b",
+    r"(?i)connection refused|could not connect|connection reset|server closed the connection unexpectedly",
+    r"(?i)connection to server .* failed|connection timeout expired|could not translate host name",
+    r"(?i)database is locked|database table is locked|too many connections|remaining connection slots are reserved",
+    r"(?i)the database system is (starting up|shutting down|in recovery mode)",
+    r"(?i)temporary failure in name resolution|max retries exceeded|read timed out",
+    r"(?i)\b(429|502|503|504)\b.*(too many requests|bad gateway|service unavailable|gateway time-?out)",
+]
+
 class PipelineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "How the stage notebooks are executed."
     notebooks_dir: str = ""  # folder of the stage notebooks; empty: the project's nbs/
@@ -167,6 +179,10 @@ class PipelineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     start_timeout: float = 60.0  # seconds a stage's kernel may take to start
     stage_timeout: float = 3600.0  # seconds a stage may run before it is killed, kernel and all
     stage_timeouts: dict[str, float] = {}  # per stage (notebook name): its own limit instead of stage_timeout
+    retries: int = 3  # further attempts after a transient failure of a stage, the run lock or the tracking store
+    retry_wait: float = 10.0  # seconds before the first retry, doubled before each next one
+    transient_errors: list[str] = msgspec.field(default_factory=lambda: list(TRANSIENT_ERRORS))  # regular expressions over "ErrorType: message"
+    progress: Literal["auto", "on", "off"] = "auto"  # progress bars for the run and each stage; auto: when the console is a terminal
 
 # %% ../nbs/00_config.ipynb #979320da
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -286,6 +302,16 @@ def git_commit(path:str|Path) -> str:
     "The commit checked out at `path`, or '' outside a git repository."
     try: return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError): return ""
+
+@contextmanager
+def stage_folder(run_dir:str|Path, name:str):
+    "A stage's output folder `run_dir/name`, written as `name.partial` and renamed into place only when the stage completes."
+    final, partial = Path(run_dir)/name, Path(run_dir)/f"{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted attempt's
+    partial.mkdir(parents=True)
+    yield partial
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
 
 def sha256_file(path:str|Path) -> str:
     "The SHA-256 of a file's bytes."

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from .config import Settings, stage_run, write_json
+from .config import Settings, stage_folder, stage_run, write_json
 from .contract import type_family
 from .ingest import load_stage_snapshot, read_snapshot
 
@@ -183,17 +183,17 @@ def eda_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     import mlflow
     df = read_snapshot(load_stage_snapshot(run_dir))
     tables, figures = eda_report(df, settings)
-    out = Path(run_dir)/"eda"; out.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items(): table.write_csv(out/f"{name}.csv")
-    for name, fig in figures.items(): fig.savefig(out/f"{name}.png", dpi=100)
-    rate = float(df[settings.data.target].mean())
-    shifted = tables["shift_train_test"].filter(pl.col("psi") > 0.2)["feature"].to_list()
-    with stage_run(settings, "02_eda", parent_run_id):
-        mlflow.log_artifacts(str(out), "eda")
-        mlflow.log_metric("positive_rate", rate)
-    summary = (f"{settings.data.target} share {rate:.1%}, {tables['missing'].height} columns with gaps, "
-               f"{len(shifted)} features shifted between training and test periods")
-    info = {"files": sorted(p.name for p in out.iterdir()), "shifted_features": shifted, "summary": summary}
-    write_json(out/"eda.json", info)
+    with stage_folder(run_dir, "eda") as out:
+        for name, table in tables.items(): table.write_csv(out/f"{name}.csv")
+        for name, fig in figures.items(): fig.savefig(out/f"{name}.png", dpi=100)
+        rate = float(df[settings.data.target].mean())
+        shifted = tables["shift_train_test"].filter(pl.col("psi") > 0.2)["feature"].to_list()
+        with stage_run(settings, "02_eda", parent_run_id):
+            mlflow.log_artifacts(str(out), "eda")
+            mlflow.log_metric("positive_rate", rate)
+        summary = (f"{settings.data.target} share {rate:.1%}, {tables['missing'].height} columns with gaps, "
+                   f"{len(shifted)} features shifted between training and test periods")
+        info = {"files": sorted(p.name for p in out.iterdir()), "shifted_features": shifted, "summary": summary}
+        write_json(out/"eda.json", info)
     log.info("eda: %s", summary)
     return {**info, "tables": tables, "figures": figures}

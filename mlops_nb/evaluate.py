@@ -21,7 +21,7 @@ from fastcore.script import Param, call_parse
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from .config import Settings, git_commit, load_settings, sha256_file, stage_run, use_tracking, write_atomic, write_json, read_json
+from .config import Settings, git_commit, load_settings, sha256_file, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
 from .ingest import redact
 from .clean import apply_transform, load_split, load_transform
 from .inference_log import labelled_predictions
@@ -440,44 +440,44 @@ def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dic
                          name=settings.model_name, contract=contract)
     valid, test = load_split(run_dir, "valid"), load_split(run_dir, "test")
     target = bundle.spec["target"]
-    behaviour = behaviour_checks(bundle, test.sample(min(test.height, 200), seed=0), settings.evaluate.behaviour)
-    write_json(Path(run_dir)/"evaluate"/"behaviour.json", behaviour)
-    require_behaviour(behaviour)  # before anything is registered: a broken case fails the run
-    rule = settings.evaluate.threshold_rule
-    bundle.threshold, threshold_reason = choose_threshold(valid[target].to_numpy(), bundle.predict_proba(valid), rule)
-    y, proba = test[target].to_numpy(), bundle.predict_proba(test)
-    scores = classification_metrics(y, proba, bundle.threshold)
-    out = Path(run_dir)/"evaluate"; out.mkdir(parents=True, exist_ok=True)
-    slices = slice_metrics(test, proba, target, bundle.threshold, settings.evaluate.slices, settings.evaluate.min_slice_rows)
-    sample = apply_transform(test.sample(min(test.height, 1000), seed=0), bundle.spec).to_numpy()
-    contribs = contributions(booster, sample)  # exact TreeSHAP: about 5 ms a row for a deep model, so a sample
-    tables = {"slices": slices, "calibration": calibration_table(y, proba), "shap_importance": shap_importance(contribs, booster.feature_names)}
-    figures = {"curves": plot_curves(y, proba, bundle.threshold), "calibration": plot_calibration(tables["calibration"], scores["brier"]),
-               "shap_summary": plot_shap_summary(contribs, sample, booster.feature_names)}
-    for name, table in tables.items(): table.write_csv(out/f"{name}.csv")
-    for name, fig in figures.items(): fig.savefig(out/f"{name}.png", dpi=100)
-    with stage_run(settings, "05_evaluate", parent_run_id) as run:
-        mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
-        mlflow.log_artifacts(str(out), "evaluation")
-        mlflow.set_tag("data_digest", digest)
-        tags = {"data_digest": digest, "test_roc_auc": round(scores["roc_auc"], 6), "threshold": bundle.threshold,
-                "threshold_rule": rule, "threshold_reason": threshold_reason,
-                "tuning_run_id": tuned["tuning_run_id"], "pipeline_run_id": parent_run_id}
-        bundle.version = register_model(settings, bundle, test.head(5), tags)
-        rows = read_json(Path(run_dir)/"clean"/"clean.json")["rows"]
-        card = model_card(settings, bundle.version, scores, threshold_reason, slices, tables["shap_importance"], tuned, digest, rows)
-        write_atomic(out/"model_card.md", card)
-        mlflow.log_text(card, "evaluation/model_card.md")
-        mlflow.MlflowClient().update_model_version(settings.model_name, bundle.version, description=card)
-        decision = decide_promotion(settings, bundle, test, scores["roc_auc"])
-        mlflow.log_dict(decision, "promotion.json")
-    write_json(out/"metrics.json", scores)
-    summary = (f"test ROC AUC {scores['roc_auc']:.4f}, F1 {scores['f1']:.3f} at {bundle.threshold:.3f}; "
-               f"registered v{bundle.version}, {'promoted to champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
-    info = {"metrics": scores, "behaviour": behaviour, "threshold_rule": rule, "threshold_reason": threshold_reason,
-            "worst_slices": slices.head(5).to_dicts(), "decision": decision, "version": bundle.version,
-            "evaluate_run_id": run.info.run_id, "summary": summary}
-    write_json(out/"evaluate.json", info)
+    with stage_folder(run_dir, "evaluate") as out:
+        behaviour = behaviour_checks(bundle, test.sample(min(test.height, 200), seed=0), settings.evaluate.behaviour)
+        write_json(out/"behaviour.json", behaviour)
+        require_behaviour(behaviour)  # before anything is registered: a broken case fails the run
+        rule = settings.evaluate.threshold_rule
+        bundle.threshold, threshold_reason = choose_threshold(valid[target].to_numpy(), bundle.predict_proba(valid), rule)
+        y, proba = test[target].to_numpy(), bundle.predict_proba(test)
+        scores = classification_metrics(y, proba, bundle.threshold)
+        slices = slice_metrics(test, proba, target, bundle.threshold, settings.evaluate.slices, settings.evaluate.min_slice_rows)
+        sample = apply_transform(test.sample(min(test.height, 1000), seed=0), bundle.spec).to_numpy()
+        contribs = contributions(booster, sample)  # exact TreeSHAP: about 5 ms a row for a deep model, so a sample
+        tables = {"slices": slices, "calibration": calibration_table(y, proba), "shap_importance": shap_importance(contribs, booster.feature_names)}
+        figures = {"curves": plot_curves(y, proba, bundle.threshold), "calibration": plot_calibration(tables["calibration"], scores["brier"]),
+                   "shap_summary": plot_shap_summary(contribs, sample, booster.feature_names)}
+        for name, table in tables.items(): table.write_csv(out/f"{name}.csv")
+        for name, fig in figures.items(): fig.savefig(out/f"{name}.png", dpi=100)
+        with stage_run(settings, "05_evaluate", parent_run_id) as run:
+            mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+            mlflow.log_artifacts(str(out), "evaluation")
+            mlflow.set_tag("data_digest", digest)
+            tags = {"data_digest": digest, "test_roc_auc": round(scores["roc_auc"], 6), "threshold": bundle.threshold,
+                    "threshold_rule": rule, "threshold_reason": threshold_reason,
+                    "tuning_run_id": tuned["tuning_run_id"], "pipeline_run_id": parent_run_id}
+            bundle.version = register_model(settings, bundle, test.head(5), tags)
+            rows = read_json(Path(run_dir)/"clean"/"clean.json")["rows"]
+            card = model_card(settings, bundle.version, scores, threshold_reason, slices, tables["shap_importance"], tuned, digest, rows)
+            write_atomic(out/"model_card.md", card)
+            mlflow.log_text(card, "evaluation/model_card.md")
+            mlflow.MlflowClient().update_model_version(settings.model_name, bundle.version, description=card)
+            decision = decide_promotion(settings, bundle, test, scores["roc_auc"])
+            mlflow.log_dict(decision, "promotion.json")
+        write_json(out/"metrics.json", scores)
+        summary = (f"test ROC AUC {scores['roc_auc']:.4f}, F1 {scores['f1']:.3f} at {bundle.threshold:.3f}; "
+                   f"registered v{bundle.version}, {'promoted to champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
+        info = {"metrics": scores, "behaviour": behaviour, "threshold_rule": rule, "threshold_reason": threshold_reason,
+                "worst_slices": slices.head(5).to_dicts(), "decision": decision, "version": bundle.version,
+                "evaluate_run_id": run.info.run_id, "summary": summary}
+        write_json(out/"evaluate.json", info)
     log.info("evaluate: %s", summary)
     return info
 

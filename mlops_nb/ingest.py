@@ -24,7 +24,7 @@ import polars as pl
 import polars.selectors as cs
 from fastcore.script import Param, call_parse
 
-from .config import Settings, DataSettings, SourceSettings, stage_run, write_json, read_json, write_atomic
+from .config import Settings, DataSettings, SourceSettings, stage_folder, stage_run, write_json, read_json, write_atomic
 from .contract import (ContractError, check_broken_share, enforce_contract, load_or_create_contract, schema_of,
                                sql_columns, type_family)
 
@@ -333,26 +333,27 @@ def describe_sources(data:DataSettings) -> str:
 def ingest_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     "Read the sources, enforce the contract, and store a snapshot; return its description."
     import mlflow
-    data, out = settings.data, Path(run_dir)/"ingest"
-    df = read_data(data)
-    contract, created = load_or_create_contract(data.contract, df, data.id_columns, describe_sources(data))
-    if created: log.warning("ingest: wrote a new data contract to %s: review it and commit it", data.contract)
-    good, quarantined = enforce_contract(df, contract, data.max_broken_share, f"source {data.source!r}")
-    if quarantined.height:
-        buffer = io.BytesIO(); quarantined.write_parquet(buffer)
-        write_atomic(out/"quarantine.parquet", buffer.getvalue())
-    check_broken_share(df.height, quarantined, data.max_broken_share, f"source {data.source!r}", out/"quarantine.parquet")
-    info = write_snapshot(good, settings.snapshots_dir, describe_sources(data))
-    info.update(quarantined=quarantined.height, contract=data.contract, contract_created=created)
-    info["summary"] = (f"{info['rows']:,} rows, {info['columns']} columns, digest {info['digest'][:12]}, "
-                       f"{quarantined.height:,} rows quarantined")
-    with stage_run(settings, "01_ingest", parent_run_id):
-        mlflow.log_params({"data_digest": info["digest"], "source": data.source, "rows": info["rows"],
-                           "quarantined": quarantined.height, "sample_every": data.sample_every})
-        mlflow.set_tag("data_digest", info["digest"])
-        if quarantined.height: mlflow.log_artifact(str(out/"quarantine.parquet"))
-        if parent_run_id: mlflow.MlflowClient().set_tag(parent_run_id, "data_digest", info["digest"])
-    write_json(out/"snapshot.json", info)
+    data = settings.data
+    with stage_folder(run_dir, "ingest") as out:
+        df = read_data(data)
+        contract, created = load_or_create_contract(data.contract, df, data.id_columns, describe_sources(data))
+        if created: log.warning("ingest: wrote a new data contract to %s: review it and commit it", data.contract)
+        good, quarantined = enforce_contract(df, contract, data.max_broken_share, f"source {data.source!r}")
+        if quarantined.height:
+            buffer = io.BytesIO(); quarantined.write_parquet(buffer)
+            write_atomic(out/"quarantine.parquet", buffer.getvalue())
+        check_broken_share(df.height, quarantined, data.max_broken_share, f"source {data.source!r}", out/"quarantine.parquet")
+        info = write_snapshot(good, settings.snapshots_dir, describe_sources(data))
+        info.update(quarantined=quarantined.height, contract=data.contract, contract_created=created)
+        info["summary"] = (f"{info['rows']:,} rows, {info['columns']} columns, digest {info['digest'][:12]}, "
+                           f"{quarantined.height:,} rows quarantined")
+        with stage_run(settings, "01_ingest", parent_run_id):
+            mlflow.log_params({"data_digest": info["digest"], "source": data.source, "rows": info["rows"],
+                               "quarantined": quarantined.height, "sample_every": data.sample_every})
+            mlflow.set_tag("data_digest", info["digest"])
+            if quarantined.height: mlflow.log_artifact(str(out/"quarantine.parquet"))
+            if parent_run_id: mlflow.MlflowClient().set_tag(parent_run_id, "data_digest", info["digest"])
+        write_json(out/"snapshot.json", info)
     log.info("ingest: %s", info["summary"])
     return info
 

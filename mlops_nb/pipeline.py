@@ -10,27 +10,32 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
 from fastcore.script import call_parse
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import mlops_nb
 
-from .config import Settings, git_commit, load_settings, save_settings, sha256_file, use_tracking, write_json, read_json
+from .config import PipelineSettings, Settings, git_commit, load_settings, save_settings, sha256_file, use_tracking, write_json, read_json
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'kill_tree', 'execute_bounded',
-           'execute_stage', 'RunLocked', 'run_lock', 'package_versions', 'run_pipeline', 'stage_outputs', 'mlops_run',
-           'run_summaries', 'mlops_runs']
+           'execute_stage', 'RunLocked', 'run_lock', 'Unreachable', 'is_transient', 'with_retries', 'package_versions',
+           'run_pipeline', 'stage_outputs', 'mlops_run', 'run_summaries', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -40,7 +45,10 @@ STAGES = {"01_ingest": "ingest/snapshot.json", "02_eda": "eda/eda.json", "03_cle
           "04_tune": "tune/best.json", "05_evaluate": "evaluate/evaluate.json"}  # notebook: the output it leaves
 
 class StageFailed(RuntimeError):
-    "A stage notebook raised, timed out or lost its kernel."
+    "A stage notebook raised, timed out or lost its kernel; `transient` when the error is worth another attempt."
+    def __init__(self, message:str, transient:bool=False):
+        super().__init__(message)
+        self.transient = transient
 
 def notebooks_dir(settings:Settings) -> Path:
     "The folder of the stage notebooks: configured, or the project's `nbs/`."
@@ -54,12 +62,13 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 # %% ../nbs/08_pipeline.ipynb #06d32171
-def _ipc_kernel_manager():
-    "A kernel manager class whose kernels use local socket files instead of TCP ports."
+def _ipc_kernel_manager(folder:str):
+    "A kernel manager class whose kernels use socket files in `folder` instead of TCP ports."
     import traitlets
     from jupyter_client.manager import AsyncKernelManager
     class IPCKernelManager(AsyncKernelManager):
         transport = traitlets.CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+        ip = traitlets.Unicode(os.path.join(folder, "kernel"), config=True)  # not the notebook's folder, where a killed kernel's files would stay
     return IPCKernelManager
 
 # %% ../nbs/08_pipeline.ipynb #658016a3
@@ -82,47 +91,55 @@ def _die_with_parent(parent:int):
         kill_tree(os.getpid())
     threading.Thread(target=watch, daemon=True).start()
 
-def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel:str, cwd:str, start_timeout:float):
-    "Execute the notebook; send back None, or why it failed."
+def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel:str, cwd:str, start_timeout:float, progress:dict|bool, sockets:str):
+    "Execute the notebook; send back None, or why it failed and the exception a cell raised ('' when none did)."
     _die_with_parent(runner)
     for name in [n for n in os.environ if n.startswith("MLOPS_")]: del os.environ[name]  # the run's settings file says it all
     import papermill as pm
     try:
-        pm.execute_notebook(source, dest, parameters=params, kernel_name=kernel, cwd=cwd, progress_bar=False, log_output=False,
-                            start_timeout=start_timeout, kernel_manager_class=_ipc_kernel_manager())
+        pm.execute_notebook(source, dest, parameters=params, kernel_name=kernel, cwd=cwd, progress_bar=progress, log_output=False,
+                            start_timeout=start_timeout, kernel_manager_class=_ipc_kernel_manager(sockets))
         conn.send(None)
-    except pm.PapermillExecutionError as e: conn.send(f"failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}")
+    except pm.PapermillExecutionError as e: conn.send((f"failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}", f"{e.ename}: {e.evalue}"))
     except Exception as e:
         kind = type(e).__name__
-        conn.send(f"failed: the kernel died ({kind}: {e})" if "DeadKernel" in kind else
-                  f"failed: the kernel did not start within {start_timeout} s ({kind}: {e})" if "Timeout" in kind and "start" in str(e).lower() else
-                  f"failed: {kind}: {e}")
+        conn.send((f"failed: the kernel died ({kind}: {e})" if "DeadKernel" in kind else
+                   f"failed: the kernel did not start within {start_timeout} s ({kind}: {e})" if "Timeout" in kind and "start" in str(e).lower() else
+                   f"failed: {kind}: {e}", ""))
 
-def execute_bounded(source:Path, dest:Path, params:dict, kernel:str, cwd:Path, timeout:float, start_timeout:float=60.0) -> str|None:
-    "Execute notebook `source` into `dest` within `timeout` seconds; None, or why it failed."
+def execute_bounded(source:Path, dest:Path, params:dict, kernel:str, cwd:Path, timeout:float, start_timeout:float=60.0,
+                    progress:dict|bool=False, # papermill's progress bar: False, or tqdm's arguments
+                   ) -> tuple[str, str]|None:
+    "Execute notebook `source` into `dest` within `timeout` seconds; None, or why it failed and the exception a cell raised ('' when none did)."
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or locks inherited from the runner
     receive, send = ctx.Pipe(duplex=False)
     from mlops_nb.pipeline import _papermill_child  # by its module: the spawned interpreter imports it from there
-    child = ctx.Process(target=_papermill_child, args=(send, os.getpid(), str(source), str(dest), params, kernel, str(cwd), start_timeout))
+    sockets = tempfile.mkdtemp(prefix="mlops_kernel_")
+    child = ctx.Process(target=_papermill_child, args=(send, os.getpid(), str(source), str(dest), params, kernel, str(cwd), start_timeout, progress, sockets))
     child.start()
     send.close()
     try:
         if not receive.poll(timeout):
-            return f"timed out after {timeout:g} s: killed with its kernel (pipeline.stage_timeout / stage_timeouts)"
+            return f"timed out after {timeout:g} s: killed with its kernel (pipeline.stage_timeout / stage_timeouts)", ""
         try: return receive.recv()
-        except EOFError: return f"failed: the stage's process ended without an answer (exit code {child.join(5) or child.exitcode})"
+        except EOFError: return f"failed: the stage's process ended without an answer (exit code {child.join(5) or child.exitcode})", ""
     finally:
         if child.is_alive(): kill_tree(child.pid)
         child.join(10)
+        shutil.rmtree(sockets, ignore_errors=True)
 
-def execute_stage(stage:str, run_dir:Path, settings:Settings, parent_run_id:str) -> Path:
-    "Execute one stage notebook into `run_dir`; the executed notebook's path."
+def execute_stage(stage:str, run_dir:Path, settings:Settings, parent_run_id:str, progress:bool=False) -> Path:
+    "Execute one stage notebook into `run_dir`; the executed notebook's path. An earlier attempt's is kept as `<stage>.failed-N.ipynb`."
     nbs, p = notebooks_dir(settings), settings.pipeline
     executed = Path(run_dir)/f"{stage}.ipynb"
+    if executed.exists(): executed.rename(executed.with_suffix(f".failed-{len(list(Path(run_dir).glob(f'{stage}.failed-*.ipynb'))) + 1}.ipynb"))
     params = {"config": str(Path(run_dir)/"settings.json"), "run_dir": str(run_dir), "parent_run_id": parent_run_id}
-    error = execute_bounded(nbs/f"{stage}.ipynb", executed, params, p.kernel, nbs, p.stage_timeouts.get(stage, p.stage_timeout), p.start_timeout)
-    if error: raise StageFailed(f"stage {stage} {error} (executed notebook: {executed})")
+    bar = {"desc": stage, "position": 1, "leave": False} if progress else False
+    failure = execute_bounded(nbs/f"{stage}.ipynb", executed, params, p.kernel, nbs, p.stage_timeouts.get(stage, p.stage_timeout), p.start_timeout, bar)
+    if failure:
+        why, raised = failure
+        raise StageFailed(f"stage {stage} {why} (executed notebook: {executed})", transient=is_transient(raised, p.transient_errors))
     return executed
 
 # %% ../nbs/08_pipeline.ipynb #d785331c
@@ -178,6 +195,44 @@ def run_lock(settings:Settings, run_id:str):
     if settings.mlflow_uri.startswith("postgresql"): return _postgres_lock(settings.mlflow_uri, _lock_key(settings.model_name), run_id)
     return _file_lock(settings.state/"run.lock", run_id)
 
+# %% ../nbs/08_pipeline.ipynb #4b0052ca
+class Unreachable(RuntimeError):
+    "A store or source stayed unreachable or busy through every retry."
+
+def is_transient(error:str, # the exception as `ErrorType: message`
+                 patterns:list[str], # regular expressions: `pipeline.transient_errors`
+                ) -> bool:
+    "Whether an error is worth another attempt."
+    return bool(error) and any(re.search(p, error) for p in patterns)
+
+def _describe(e:Exception) -> str:
+    if isinstance(e, StageFailed): return str(e)
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+def _transient(e:Exception, patterns:list[str]) -> bool:
+    if isinstance(e, StageFailed): return e.transient
+    return not isinstance(e, RunLocked) and is_transient(_describe(e), patterns)
+
+def with_retries(attempt, # called without arguments
+                 what:str, # named in the log and the record, e.g. "stage 01_ingest"
+                 pipeline:PipelineSettings, # retries, retry_wait and transient_errors
+                 record:list, # each retry is appended: what, attempt, error, wait
+                ):
+    "`attempt()`'s result, trying again after transient failures; raises the last failure when retries run out."
+    wait = pipeline.retry_wait
+    for n in range(1, pipeline.retries + 2):
+        try: return attempt()
+        except Exception as e:
+            if not _transient(e, pipeline.transient_errors): raise
+            if n > pipeline.retries:
+                if isinstance(e, StageFailed): raise StageFailed(f"{e}; still failing after {n} attempts", transient=True) from e
+                raise Unreachable(f"{what} still failing after {n} attempts: {_describe(e)}") from e
+            record.append({"what": what, "attempt": n, "error": _describe(e), "wait": wait})
+            log.warning("%s: transient failure (attempt %d of %d), trying again in %g s: %s", what, n, pipeline.retries + 1, wait, _describe(e))
+            time.sleep(wait)
+            wait *= 2
+
 # %% ../nbs/08_pipeline.ipynb #90e05520
 PACKAGES = ["mlops_nb", "polars", "xgboost", "optuna", "mlflow", "litestar", "papermill", "nbdev"]
 
@@ -193,12 +248,13 @@ def _finish(ledger:dict, run_dir:Path, status:str) -> dict:
     return ledger
 
 def run_pipeline(settings:Settings, run_id:str|None=None, resume:bool=False) -> dict:
-    "Execute every stage notebook as one run, holding the run lock; its ledger. Raises `RunLocked` at once, or `StageFailed`."
-    run_id = run_id or new_run_id()
-    with run_lock(settings, run_id):
+    "Execute every stage notebook as one run, holding the run lock; its ledger. Raises `RunLocked` at once, `StageFailed` or `Unreachable`."
+    run_id, retries = run_id or new_run_id(), []
+    with ExitStack() as held:
+        with_retries(lambda: held.enter_context(run_lock(settings, run_id)), "run lock", settings.pipeline, retries)
         previous = _previous_ledger(settings, run_id) if resume else None
         if previous: settings = load_settings(Path(previous["run_dir"])/"settings.json")  # the run goes on as it started
-        return _run_stages(settings, run_id, previous)
+        return _run_stages(settings, run_id, previous, retries)
 
 def _previous_ledger(settings:Settings, run_id:str) -> dict:
     path = Path(settings.runs_dir)/run_id/"run.json"
@@ -218,55 +274,76 @@ def _done(previous:dict|None, stage:str, run_dir:Path) -> dict|None:
     if entry and entry["status"] == "ok" and entry.get("outputs") and stage_outputs(run_dir, stage) == entry["outputs"]: return entry
     return None
 
-def _run_stages(settings:Settings, run_id:str, previous:dict|None=None) -> dict:
-    import mlflow
-    run_dir = Path(settings.runs_dir)/run_id
-    save_settings(settings, run_dir/"settings.json")
+def _progress_on(mode:str) -> bool: return mode == "on" or (mode == "auto" and sys.stderr.isatty())
+
+def _new_ledger(settings:Settings, run_id:str, run_dir:Path, previous:dict|None, retries:list) -> dict:
     ledger = {"run_id": run_id, "run_dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(),
               "settings": msgspec.to_builtins(settings), "git_commit": git_commit(notebooks_dir(settings)),
-              "packages": package_versions(), "stages": [], "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
+              "packages": package_versions(), "stages": [], "retries": retries, "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
     if previous: ledger.update(started=previous["started"], resumed=datetime.now(timezone.utc).isoformat(), mlflow_run_id=previous.get("mlflow_run_id"))
+    return ledger
+
+def _start_parent_run(settings:Settings, ledger:dict):
+    "The pipeline's MLflow run: the earlier attempt's when resuming, else a new one with the settings and main parameters."
+    import mlflow
     use_tracking(settings)
-    run_args = {"run_id": ledger["mlflow_run_id"]} if previous and ledger.get("mlflow_run_id") else \
-               {"run_name": f"pipeline {run_id}", "tags": {"mlops_nb.run_id": run_id, "git_commit": ledger["git_commit"]}}
-    with mlflow.start_run(**run_args) as parent:
+    if ledger.get("mlflow_run_id"): return mlflow.start_run(run_id=ledger["mlflow_run_id"])
+    parent = mlflow.start_run(run_name=f"pipeline {ledger['run_id']}", tags={"mlops_nb.run_id": ledger["run_id"], "git_commit": ledger["git_commit"]})
+    mlflow.log_dict(ledger["settings"], "settings.json")
+    mlflow.log_params({"run_id": ledger["run_id"], "n_trials": settings.tune.n_trials, "sample_every": settings.data.sample_every})
+    return parent
+
+def _run_stages(settings:Settings, run_id:str, previous:dict|None=None, retries:list|None=None) -> dict:
+    import mlflow
+    p, run_dir = settings.pipeline, Path(settings.runs_dir)/run_id
+    save_settings(settings, run_dir/"settings.json")
+    ledger = _new_ledger(settings, run_id, run_dir, previous, retries or [])
+    def track(call): return with_retries(call, "tracking store", p, ledger["retries"])
+    show = _progress_on(p.progress)
+    parent = track(lambda: _start_parent_run(settings, ledger))
+    with parent, tqdm(total=len(STAGES), desc=f"run {run_id}", unit="stage", disable=not show) as bar:
         ledger["mlflow_run_id"] = parent.info.run_id
-        if not previous:
-            mlflow.log_dict(ledger["settings"], "settings.json")
-            mlflow.log_params({"run_id": run_id, "n_trials": settings.tune.n_trials, "sample_every": settings.data.sample_every})
         for i, (stage, output) in enumerate(STAGES.items(), 1):
+            bar.set_postfix_str(stage)
             done = _done(previous, stage, run_dir)
             if done:
                 ledger["stages"].append({**done, "resumed": "skipped: completed by the earlier attempt"})
                 log.info("[%d/%d] %s skipped: completed by the earlier attempt", i, len(STAGES), stage)
+                bar.update()
                 continue
             previous = None  # every later stage runs again: its inputs may differ from the earlier attempt's
-            shutil.rmtree(run_dir/STAGES[stage].split("/")[0], ignore_errors=True)  # what an interrupted attempt half-wrote
+            shutil.rmtree(run_dir/STAGES[stage].split("/")[0], ignore_errors=True)  # an earlier attempt's outputs
             write_json(run_dir/"run.json", ledger)
-            start = time.perf_counter()
-            try: executed = execute_stage(stage, run_dir, settings, parent.info.run_id)
+            start, retried_before = time.perf_counter(), len(ledger["retries"])
+            try: executed = with_retries(lambda: execute_stage(stage, run_dir, settings, parent.info.run_id, show), f"stage {stage}", p, ledger["retries"])
             except StageFailed as e:
-                ledger["stages"].append({"name": stage, "status": "failed", "seconds": round(time.perf_counter() - start, 1), "error": str(e)})
-                _finish(ledger, run_dir, "failed")
-                failed_nb = run_dir/f"{stage}.ipynb"
-                if failed_nb.exists(): mlflow.log_artifact(str(failed_nb), "notebooks")
-                mlflow.log_artifact(str(run_dir/"run.json"))
+                _record_failure(ledger, run_dir, stage, e, time.perf_counter() - start, track)
                 log.error("[%d/%d] %s failed after %.1fs", i, len(STAGES), stage, ledger["stages"][-1]["seconds"])
                 raise
             seconds = round(time.perf_counter() - start, 1)
             summary = read_json(run_dir/output).get("summary", "")
-            ledger["stages"].append({"name": stage, "status": "ok", "seconds": seconds, "summary": summary, "outputs": stage_outputs(run_dir, stage)})
+            ledger["stages"].append({"name": stage, "status": "ok", "seconds": seconds, "attempts": 1 + len(ledger["retries"]) - retried_before,
+                                     "summary": summary, "outputs": stage_outputs(run_dir, stage)})
             write_json(run_dir/"run.json", ledger)  # the stage's completion, recorded once its outputs are all written
-            mlflow.log_artifact(str(executed), "notebooks")
-            mlflow.log_metric(f"seconds_{stage}", seconds)
+            track(lambda: (mlflow.log_artifact(str(executed), "notebooks"), mlflow.log_metric(f"seconds_{stage}", seconds)))
             log.info("[%d/%d] %s ok in %.1fs: %s", i, len(STAGES), stage, seconds, summary)
+            bar.update()
         ledger["data_digest"] = read_json(run_dir/STAGES["01_ingest"])["digest"]
         evaluation = read_json(run_dir/STAGES["05_evaluate"])
         ledger.update(registered_version=evaluation["version"], promoted=evaluation["decision"]["promoted"],
                       champion=evaluation["decision"]["champion_after"])
         _finish(ledger, run_dir, "ok")
-        mlflow.log_artifact(str(run_dir/"run.json"))
+        track(lambda: mlflow.log_artifact(str(run_dir/"run.json")))
     return ledger
+
+def _record_failure(ledger:dict, run_dir:Path, stage:str, error:StageFailed, seconds:float, track) -> None:
+    "Close the ledger on a failed stage and log it with the failed notebook, if the tracking store lets us."
+    import mlflow
+    ledger["stages"].append({"name": stage, "status": "failed", "seconds": round(seconds, 1), "error": str(error)})
+    _finish(ledger, run_dir, "failed")
+    failed_nb = run_dir/f"{stage}.ipynb"
+    try: track(lambda: ([mlflow.log_artifact(str(failed_nb), "notebooks")] if failed_nb.exists() else [], mlflow.log_artifact(str(run_dir/"run.json"))))
+    except Unreachable as e: log.warning("the failed stage is in %s but not in MLflow: %s", run_dir, e)
 
 # %% ../nbs/08_pipeline.ipynb #ccd748e2
 @call_parse
@@ -277,14 +354,12 @@ def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or 
     "Run the pipeline: ingest, EDA, clean, tune and evaluate, as executed notebooks."
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # the runner prints one line per stage instead
-    try: ledger = run_pipeline(load_settings(config), resume or run_id, resume=bool(resume))
-    except (FileNotFoundError, ValueError) as e:
+    try:
+        with logging_redirect_tqdm(): ledger = run_pipeline(load_settings(config), resume or run_id, resume=bool(resume))
+    except (FileNotFoundError, ValueError, RunLocked) as e:
         log.error("not started: %s", e)
         raise SystemExit(2)
-    except RunLocked as e:
-        log.error("not started: %s", e)
-        raise SystemExit(2)
-    except StageFailed as e:
+    except (StageFailed, Unreachable) as e:
         log.error("run failed: %s", e)
         raise SystemExit(1)
     champion = f"champion is v{ledger['champion']}" if ledger["champion"] else "no champion"

@@ -21,7 +21,7 @@ import xgboost as xgb
 from matplotlib.figure import Figure
 from optuna_integration import XGBoostPruningCallback
 
-from .config import Settings, TuneSettings, stage_run, write_json, read_json
+from .config import Settings, TuneSettings, stage_folder, stage_run, write_json, read_json
 from .clean import apply_transform, load_split, load_transform
 
 # %% auto #0
@@ -162,27 +162,27 @@ def tune_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     import mlflow
     spec = load_transform(run_dir)
     dtrain, dvalid = (to_dmatrix(load_split(run_dir, s), spec) for s in ("train", "valid"))
-    out = Path(run_dir)/"tune"; out.mkdir(parents=True, exist_ok=True)
-    tune = settings.tune
-    with stage_run(settings, "04_tune", parent_run_id) as run:
-        mlflow.log_params({k: v for k, v in msgspec.structs.asdict(tune).items() if k != "space"})
-        mlflow.log_dict(tune.space, "tuning/search_space.json")
-        study = run_study(dtrain, dvalid, tune, tune.storage or journal_storage(out/"study.log"))
-        booster, fit = train_booster(study.best_params, dtrain, dvalid, tune)
-        mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
-        mlflow.log_dict(study.best_params, "tuning/best_params.json")  # typed, for mlops_reproduce
-        mlflow.log_metrics({"best_valid_auc": study.best_value, "best_iteration": fit["best_iteration"]})
-        mlflow.log_figure(plot_history(study), "tuning/history.png")
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if len(complete) > 1: mlflow.log_figure(plot_importances(study), "tuning/importances.png")
-        tuning_run_id = run.info.run_id
-    booster.save_model(out/"model.ubj")
-    pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-    summary = (f"{len(study.trials)} trials ({pruned} pruned), best valid ROC AUC {study.best_value:.4f} "
-               f"at {fit['best_iteration'] + 1} rounds")
-    info = {"params": study.best_params, "valid_auc": study.best_value, "best_iteration": fit["best_iteration"],
-            "trials": len(study.trials), "pruned": pruned, "tuning_run_id": tuning_run_id, "summary": summary}
-    write_json(out/"best.json", info)
+    with stage_folder(run_dir, "tune") as out:
+        tune = settings.tune
+        with stage_run(settings, "04_tune", parent_run_id) as run:
+            mlflow.log_params({k: v for k, v in msgspec.structs.asdict(tune).items() if k != "space"})
+            mlflow.log_dict(tune.space, "tuning/search_space.json")
+            study = run_study(dtrain, dvalid, tune, tune.storage or journal_storage(out/"study.log"))
+            booster, fit = train_booster(study.best_params, dtrain, dvalid, tune)
+            mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
+            mlflow.log_dict(study.best_params, "tuning/best_params.json")  # typed, for mlops_reproduce
+            mlflow.log_metrics({"best_valid_auc": study.best_value, "best_iteration": fit["best_iteration"]})
+            mlflow.log_figure(plot_history(study), "tuning/history.png")
+            complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if len(complete) > 1: mlflow.log_figure(plot_importances(study), "tuning/importances.png")
+            tuning_run_id = run.info.run_id
+        booster.save_model(out/"model.ubj")
+        pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+        summary = (f"{len(study.trials)} trials ({pruned} pruned), best valid ROC AUC {study.best_value:.4f} "
+                   f"at {fit['best_iteration'] + 1} rounds")
+        info = {"params": study.best_params, "valid_auc": study.best_value, "best_iteration": fit["best_iteration"],
+                "trials": len(study.trials), "pruned": pruned, "tuning_run_id": tuning_run_id, "summary": summary}
+        write_json(out/"best.json", info)
     log.info("tune: %s", summary)
     return info
 

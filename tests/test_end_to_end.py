@@ -1,7 +1,10 @@
 """The whole loop through its command-line tools: `mlops_run` on a small slice, then `mlops_serve`
 as a real process answering HTTP, then a run that fails and must leave the champion alone."""
+import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import nbformat
 import numpy as np
 import polars as pl
 import pytest
@@ -47,11 +51,11 @@ def ledgers(project):
 
 @pytest.fixture(scope="module")
 def trained(project):
-    "The ledger of a successful `mlops_run`."
-    result = cli(project, "mlops_run")
+    "The ledger of a successful `mlops_run`, with what it printed on the console."
+    result = cli(project, "mlops_run", MLOPS_PIPELINE__PROGRESS="on")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "registered v1" in result.stdout
-    return ledgers(project)[-1]
+    return {**ledgers(project)[-1], "console": result.stderr}
 
 
 def test_run_registers_a_champion(project, trained):
@@ -63,6 +67,14 @@ def test_run_registers_a_champion(project, trained):
     assert (run_dir/"settings.json").exists() and len(trained["data_digest"]) == 64
     assert trained["promoted"] and trained["champion"] == trained["registered_version"] == "1"
     assert champion_version(load_settings(environ=project[1])) == "1"
+
+
+def test_run_shows_progress_and_a_line_per_stage(trained):
+    console = trained["console"]
+    assert re.search(rf"run {trained['run_id']}: 100%\|.*\| 5/5 ", console), console[-2000:]  # the run's bar, in stages
+    for stage in ("01_ingest", "02_eda", "03_clean", "04_tune", "05_evaluate"):
+        assert re.search(rf"{stage}: +\d+%\|.*\| \d+/\d+ \[.*cell", console), stage  # the stage's bar, in cells
+        assert len(re.findall(rf"\] {stage} ok in [0-9.]+s: ", console)) == 1  # and one log line
 
 
 def _free_port():
@@ -174,6 +186,43 @@ def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
     failed = ledgers(project)[-1]
     assert failed["status"] == "failed" and failed["stages"][-1]["name"] == "03_clean"
     assert (Path(failed["run_dir"])/"03_clean.ipynb").exists()
+    assert champion_version(load_settings(environ=project[1])) == trained["champion"]
+
+
+def ledger_of(project, run_id):
+    return json.loads((project[0]/"runs"/run_id/"run.json").read_text())
+
+
+def test_stage_over_its_time_is_killed_and_keeps_the_champion(project, trained):
+    result = cli(project, "mlops_run", "--run_id", "too-slow", MLOPS_PIPELINE__STAGE_TIMEOUTS='{"04_tune": 2}')
+    assert result.returncode == 1
+    assert "stage 04_tune timed out after 2 s: killed with its kernel" in result.stderr
+    ledger = ledger_of(project, "too-slow")
+    assert ledger["status"] == "failed" and [s["status"] for s in ledger["stages"]] == ["ok", "ok", "ok", "failed"]
+    assert "timed out after 2 s" in ledger["stages"][-1]["error"]
+    run_dir = Path(ledger["run_dir"])
+    assert not (run_dir/"tune").exists() and (run_dir/"clean"/"train.parquet").exists()  # nothing of the killed stage in place
+    assert champion_version(load_settings(environ=project[1])) == trained["champion"]
+
+
+def test_kernel_killed_by_a_cell_fails_the_run_and_keeps_the_champion(project, trained, tmp_path):
+    nbs = tmp_path/"nbs"
+    shutil.copytree(ROOT/"nbs", nbs)
+    eda = nbformat.read(nbs/"02_eda.ipynb", as_version=4)
+    after_parameters = next(i for i, c in enumerate(eda.cells) if "parameters" in c.metadata.get("tags", [])) + 1
+    eda.cells.insert(after_parameters, nbformat.v4.new_code_cell("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    nbformat.write(eda, nbs/"02_eda.ipynb")
+    started = time.perf_counter()
+    result = cli(project, "mlops_run", "--run_id", "kernel-killed", MLOPS_PIPELINE__NOTEBOOKS_DIR=str(nbs))
+    assert result.returncode == 1 and time.perf_counter() - started < 300
+    assert "stage 02_eda failed: the kernel died" in result.stderr
+    ledger = ledger_of(project, "kernel-killed")
+    assert ledger["status"] == "failed" and [s["status"] for s in ledger["stages"]] == ["ok", "failed"]
+    assert "the kernel died" in ledger["stages"][-1]["error"] and ledger["retries"] == []  # not a transient failure
+    run_dir = Path(ledger["run_dir"])
+    assert not (run_dir/"eda").exists() and (run_dir/"02_eda.ipynb").exists()
+    assert ledger["stages"][0]["outputs"] == {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+                                              for p in sorted((run_dir/"ingest").rglob("*")) if p.is_file()}
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
 
 
