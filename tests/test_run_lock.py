@@ -47,6 +47,25 @@ def test_second_run_exits_at_once_naming_the_holder(tmp_path):
         holder.kill(); holder.wait()
 
 
+def test_two_runs_started_at_once_one_runs_the_other_exits(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    env.update(MLOPS_STATE_DIR=str(tmp_path/"state"), MLOPS_RUNS_DIR=str(tmp_path/"runs"), MLOPS_DATA__SAMPLE_EVERY="40")
+    runs = {name: subprocess.Popen([str(BIN/"mlops_run"), "--run_id", name], cwd=tmp_path, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("run-a", "run-b")}
+    try:
+        deadline = time.time() + 120
+        while all(p.poll() is None for p in runs.values()) and time.time() < deadline: time.sleep(0.1)
+        refused = next(name for name, p in runs.items() if p.poll() is not None)
+        winner = "run-b" if refused == "run-a" else "run-a"
+        err = runs[refused].stderr.read()
+        assert runs[refused].returncode == 2, err[-2000:]
+        assert f"run {winner} (pid {runs[winner].pid}" in err and "holds the lock" in err
+        assert runs[winner].poll() is None  # the other goes on
+        assert not (tmp_path/"runs"/refused).exists()
+    finally:
+        for p in runs.values(): p.kill(); p.wait()
+
+
 @pytest.fixture
 def postgres():
     import psycopg
