@@ -20,9 +20,10 @@ import msgspec
 
 # %% auto #0
 __all__ = ['TRANSIENT_ERRORS', 'ENV_PREFIX', 'SourceSettings', 'JoinSettings', 'DataSettings', 'FeatureSettings', 'SplitSettings',
-           'TuneSettings', 'EvaluateSettings', 'GateSettings', 'ServeSettings', 'MonitorSettings', 'PipelineSettings',
-           'Settings', 'load_settings', 'write_atomic', 'write_json', 'read_json', 'save_settings', 'git_commit',
-           'stage_folder', 'sha256_file', 'standalone_settings', 'stage_run_dir', 'use_tracking', 'stage_run']
+           'TuneSettings', 'EvaluateSettings', 'GateSettings', 'ServeSettings', 'AlertRule', 'MonitorSettings',
+           'PipelineSettings', 'Settings', 'load_settings', 'write_atomic', 'write_json', 'read_json', 'save_settings',
+           'git_commit', 'stage_folder', 'sha256_file', 'standalone_settings', 'stage_run_dir', 'use_tracking',
+           'stage_run']
 
 # %% ../nbs/00_config.ipynb #b493d55d
 class SourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -156,11 +157,34 @@ class ServeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_queue: int = 10_000  # requests waiting to be logged; beyond it their rows are counted as dropped, never waited for
     log_batch_seconds: float = 0.05  # the inference log writes at most this long after a prediction (short writes: short pauses)
 
+class AlertRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    "An alert: a window's `metric` beyond a bound in at least `in_windows` of the last `of_last` windows, the latest among them."
+    name: str
+    metric: str  # a column of the monitor's window table: precision, recall, roc_auc, estimated_roc_auc, drifted_features, prediction_psi, ...
+    below: float|None = None  # flagged when the metric is under this
+    above: float|None = None  # or over this
+    in_windows: int = 1
+    of_last: int = 1
+    retrain: bool = True  # a new incident of this rule starts a retraining run (when the monitor is asked to retrain)
+
+def _default_alerts() -> list[AlertRule]:
+    return [AlertRule(name="precision_low", metric="precision", below=0.40),
+            AlertRule(name="prediction_drift", metric="prediction_psi", above=0.25, in_windows=2, of_last=3)]
+
 class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    "Drift checks between the training data and the inference log."
-    psi_threshold: float = 0.2  # population stability index above which a feature has drifted
-    bins: int = 10
-    window_rows: int = 5000  # the latest predictions compared with the reference
+    "Drift and performance of the served model over windows of the inference log, and the alerts they raise."
+    window: str = "1d"  # windows of serving time, a polars duration: 1h, 1d, 1w, 1mo
+    window_columns: list[str] = []  # instead: one window per value of these logged inputs, e.g. ["year", "month"]
+    windows: int = 12  # the latest windows judged and reported
+    max_rows: int = 1_000_000  # at most this many latest logged predictions are read
+    bins: int = 10  # bins of the population stability index: the reference's deciles
+    thresholds: dict[str, float] = msgspec.field(default_factory=lambda: {  # a feature drifts when one of its effect sizes is above its bound
+        "psi": 0.2, "wasserstein": 0.1, "js": 0.1, "unseen": 0.05, "missing": 0.05})
+    feature_thresholds: dict[str, dict[str, float]] = {}  # per feature, e.g. {"month": {"psi": 1e9}} for a feature that moves with the season
+    min_labelled: int = 50  # a window's measured performance needs this many labelled rows of both classes
+    alerts: list[AlertRule] = msgspec.field(default_factory=_default_alerts)
+    webhook: str = ""  # new alerts are POSTed here as JSON; empty: logged and stored only
+    cooldown_hours: float = 24.0  # an incident (rule and model version) alerts and retrains once in this time
 
 TRANSIENT_ERRORS = [  # failures worth another attempt: something unreachable or busy, not a wrong result
     r"^(ConnectionError|ConnectionRefusedError|ConnectionResetError|ConnectionAbortedError|BrokenPipeError|TimeoutError)\b",

@@ -103,17 +103,32 @@ def run_pages(settings:Settings, site:Path, bench:Path|None=None) -> list[str]:
     pages["model_card"] = (["# Model card of the champion", "", f"Version {card[0]}, as registered (the model version's description in MLflow).", "",
                             _demote(card[1]), ""] if card else ["# Model card of the champion", "", "No version holds the alias `champion` yet.", ""])
     reports = sorted((settings.state/"monitor").glob("*/monitor.json"), key=lambda p: p.stat().st_mtime)
-    pages["monitoring"] = ["# Monitoring report", ""] + (_monitoring(read_json(reports[-1])) + _images(reports[-1].parent, out, "monitor")
-                                                         if reports else ["No monitoring report yet: `mlops_monitor` writes one.", ""])
+    extra = site/"extra"; extra.mkdir(exist_ok=True)  # published as they are, at the site's root
+    pages["monitoring"] = ["# Monitoring report", ""] + (_monitoring(reports[-1].parent, out, extra) if reports else
+                                                         ["No monitoring report yet: `mlops_monitor` writes one.", ""])
     pages["benchmarks"] = ["# Benchmark results", ""] + _benchmarks(bench, out)
     for name, lines in pages.items(): (out/f"{name}.md").write_text("\n".join(lines) + "\n")
     return [f"run/{name}" for name in pages]
 
-def _monitoring(report:dict) -> list[str]:
-    head = (f"Model version {report.get('model_version')}, {report.get('window_rows')} logged predictions against "
-            f"{report.get('reference_rows')} training rows at {report.get('time')}: drift detected: **{report.get('drift_detected')}** "
-            f"(prediction PSI {report.get('prediction_psi', float('nan')):.3f}, threshold {report.get('threshold')}).")
-    return [head, ""] + _md_table(report.get("features", [])) + [""]
+_WINDOW_COLUMNS = ["window", "rows", "labelled", "roc_auc", "precision", "recall", "estimated_roc_auc", "estimated_precision",
+                   "drifted_features", "prediction_psi"]
+
+def _monitoring(folder:Path, site:Path, extra:Path) -> list[str]:
+    "The latest monitoring report: its verdict, windows and alerts, its plots, and the whole executed report, published in `extra`."
+    report = read_json(folder/"monitor.json")
+    if report.get("status") != "ok": return [f"Latest monitoring at {report.get('time')}: {report.get('status')}.", ""]
+    full = []
+    if (folder/"report.html").exists():
+        shutil.copy(folder/"report.html", extra/"monitoring_report.html")
+        full = ["The whole report, as `mlops_monitor` executed it: [monitoring_report.html](../monitoring_report.html).", ""]
+    def cell(v): return f"{v:.3f}" if isinstance(v, float) else "" if v is None else str(v)
+    windows = [{k: cell(w.get(k)) for k in _WINDOW_COLUMNS} for w in report.get("windows", [])]
+    alerts = [{k: cell(a.get(k)) for k in ("time", "rule", "message", "new_incident", "delivered")} for a in report.get("alerts", [])]
+    head = (f"Model version {report['model_version']} at {report['time']}, latest window {report['window']} ({report['window_rows']} "
+            f"predictions) against {report['reference_rows']} training rows: drift detected: **{report['drift_detected']}** "
+            f"(drifted: {', '.join(report['drifted_features']) or 'none'}; prediction PSI {report['prediction_psi']:.3f}).")
+    return ([head, ""] + full + ["## Windows", ""] + _md_table(windows) + ["", "## Alerts", ""] +
+            (_md_table(alerts) if alerts else ["None in the latest report."]) + ["", "## Plots", ""] + _images(folder, site, "monitor"))
 
 def _benchmarks(bench:Path|None, out:Path) -> list[str]:
     "Each benchmark's headline figures, from `bench/results/*.json`, with a plot of their ratios."
@@ -151,6 +166,7 @@ html_theme = "alabaster"
 html_theme_options = {"fixed_sidebar": True, "show_powered_by": False}
 html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
 html_static_path = []
+html_extra_path = ["extra"]  # files published as they are: the latest monitoring report
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "sidebar.yml", "nbdev.yml", "_quarto.yml"]
 suppress_warnings = ["myst.header", "myst.xref_missing", "misc.highlighting_failure", "mystnb.unknown_mime_type", "toc.not_included"]
 '''

@@ -285,6 +285,10 @@ def test_docs_site_in_a_browser(docs_site, browser, project, trained):
     assert f"v{trained['champion']}" in card and "Intended use" in card
     browser.get(base + "run/monitoring.html")
     assert "drift detected" in browser.find_element("tag name", "body").text
+    browser.find_element("link text", "monitoring_report.html").click()  # the whole executed report, as mlops_monitor wrote it
+    report = browser.find_element("tag name", "body").text
+    assert "Drift and performance" in report and "Feature drift over time" not in report  # prose and figures, not code
+    assert browser.execute_script("return [...document.images].filter(i => i.naturalWidth > 0).length") >= 3
     shots = project[0]/"screenshots"
     shots.mkdir(exist_ok=True)
     for name, page in [("home", "index.html"), ("model_card", "run/model_card.html"), ("monitoring", "run/monitoring.html")]:
