@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 from pathlib import Path
 
@@ -21,8 +21,8 @@ from .ingest import load_stage_snapshot, read_snapshot
 
 # %% auto #0
 __all__ = ['log', 'SPLITS', 'drop_ignored', 'drop_unusable', 'choose_features', 'fit_transform', 'sql_expression', 'derive',
-           'category_codes', 'transform_plan', 'run_plan', 'apply_transform', 'MatrixPlan', 'boundary', 'split_by_time',
-           'clean_stage', 'load_split', 'load_transform']
+           'category_codes', 'transform_plan', 'run_plan', 'apply_transform', 'MatrixPlan', 'boundary', 'resolve_split',
+           'split_by_time', 'clean_stage', 'load_split', 'load_transform']
 
 # %% ../nbs/03_clean.ipynb #fed35ce1
 log = logging.getLogger(__name__)
@@ -161,10 +161,22 @@ def boundary(day:str, column:pl.Series) -> datetime:
     tz = getattr(column.dtype, "time_zone", None)
     return datetime.fromisoformat(day).replace(tzinfo=ZoneInfo(tz) if tz else None)
 
+def _months_before(day:date, months:int) -> date:
+    index = day.year*12 + day.month - 1 - months
+    return date(index // 12, index % 12 + 1, 1)
+
+def resolve_split(split:SplitSettings, times:pl.Series) -> SplitSettings:
+    "`split` with its dates: as given, or with `test_months`, the first days of the data's last calendar months."
+    if not split.test_months: return split
+    if split.valid_months < 1: raise ValueError("split.valid_months must be at least 1 when split.test_months is set")
+    test_from = _months_before(times.max().date().replace(day=1), split.test_months - 1)
+    return SplitSettings(valid_from=_months_before(test_from, split.valid_months).isoformat(), test_from=test_from.isoformat())
+
 def split_by_time(df:pl.DataFrame, split:SplitSettings, time_column:str="time_hour", target:str="late") -> dict[str, pl.DataFrame]:
-    "Train, valid and test rows by the time boundaries in `split`; each must hold both classes."
+    "Train, valid and test rows by the time boundaries in `split` (resolved against the data); each must hold both classes."
     if time_column not in df.columns: raise ValueError(f"the time column {time_column!r} (data.time_column) is not in the data")
     times = df[time_column]
+    split = resolve_split(split, times)
     t, valid_from, test_from = pl.col(time_column), boundary(split.valid_from, times), boundary(split.test_from, times)
     if not valid_from < test_from: raise ValueError(f"split.valid_from ({split.valid_from}) must be before split.test_from ({split.test_from})")
     parts = {"train": df.filter(t < valid_from), "valid": df.filter((t >= valid_from) & (t < test_from)),
@@ -186,7 +198,8 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     snapshot = load_stage_snapshot(run_dir)
     data = settings.data
     df = drop_unusable(drop_ignored(read_snapshot(snapshot), data.ignore_columns), data.target)
-    parts = split_by_time(df, settings.split, data.time_column, data.target)
+    split = resolve_split(settings.split, df[data.time_column])
+    parts = split_by_time(df, split, data.time_column, data.target)
     numeric, categorical = choose_features(parts["train"], data, settings.features)
     spec = fit_transform(parts["train"], numeric, categorical, settings.features, data.target)
     with stage_folder(run_dir, "clean") as out:
@@ -194,10 +207,11 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
         write_json(out/"transform.json", spec)
         rows = {name: part.height for name, part in parts.items()}
         with stage_run(settings, "03_clean", parent_run_id):
-            mlflow.log_params({f"rows_{k}": v for k, v in rows.items()} | {"valid_from": settings.split.valid_from, "test_from": settings.split.test_from})
+            mlflow.log_params({f"rows_{k}": v for k, v in rows.items()} | {"valid_from": split.valid_from, "test_from": split.test_from})
             mlflow.log_dict(spec, "transform.json")
         summary = f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows"
-        info = {"rows": rows, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary}
+        info = {"rows": rows, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
+                "split": {"valid_from": split.valid_from, "test_from": split.test_from}}
         write_json(out/"clean.json", info)
     log.info("clean: %s", summary)
     return info

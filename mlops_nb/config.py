@@ -21,9 +21,9 @@ import msgspec
 # %% auto #0
 __all__ = ['TRANSIENT_ERRORS', 'ENV_PREFIX', 'SourceSettings', 'JoinSettings', 'DataSettings', 'FeatureSettings', 'SplitSettings',
            'TuneSettings', 'EvaluateSettings', 'GateSettings', 'ServeSettings', 'AlertRule', 'MonitorSettings',
-           'PipelineSettings', 'Settings', 'load_settings', 'write_atomic', 'write_json', 'read_json', 'save_settings',
-           'git_commit', 'stage_folder', 'sha256_file', 'standalone_settings', 'stage_run_dir', 'use_tracking',
-           'stage_run']
+           'ScheduleSettings', 'PipelineSettings', 'Settings', 'load_settings', 'write_atomic', 'write_json',
+           'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file', 'standalone_settings',
+           'stage_run_dir', 'use_tracking', 'stage_run']
 
 # %% ../nbs/00_config.ipynb #b493d55d
 class SourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -99,6 +99,8 @@ class SplitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "Time boundaries on `data.time_column`: train before `valid_from`, validate until `test_from`, test after."
     valid_from: str = "2013-09-01"
     test_from: str = "2013-11-01"
+    test_months: int = 0  # instead of the dates: test on the data's last `test_months` calendar months...
+    valid_months: int = 1  # ...and validate on the `valid_months` before them; the split moves with the data
 
 def _xgboost_space() -> dict:
     return {"max_depth": {"type": "int", "low": 3, "high": 10},
@@ -186,6 +188,14 @@ class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook: str = ""  # new alerts are POSTed here as JSON; empty: logged and stored only
     cooldown_hours: float = 24.0  # an incident (rule and model version) alerts and retrains once in this time
 
+class ScheduleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    "When `mlops_schedule` monitors and retrains: standard five-field cron expressions."
+    monitor: str = "15 * * * *"  # every hour at :15; empty: never
+    retrain: str = "0 3 * * 1"  # Mondays at 03:00; empty: only on alerts
+    timezone: str = "UTC"  # the zone the expressions are read in
+    retrain_on_alert: bool = True  # a new incident of an alert rule with `retrain` starts a run
+    retrain_cooldown_hours: float = 24.0  # no retraining on an alert within this time of the latest run's start
+
 TRANSIENT_ERRORS = [  # failures worth another attempt: something unreachable or busy, not a wrong result
     r"^(ConnectionError|ConnectionRefusedError|ConnectionResetError|ConnectionAbortedError|BrokenPipeError|TimeoutError)\b",
     r"(?i)connection refused|could not connect|connection reset|server closed the connection unexpectedly",
@@ -225,6 +235,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gate: GateSettings = msgspec.field(default_factory=GateSettings)
     serve: ServeSettings = msgspec.field(default_factory=ServeSettings)
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
+    schedule: ScheduleSettings = msgspec.field(default_factory=ScheduleSettings)
     pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
 
     @property

@@ -156,15 +156,16 @@ def plot_shift(shift:pl.DataFrame, threshold:float=0.2, title:str="Shift between
 # %% ../nbs/02_eda.ipynb #b074e168
 def eda_report(df:pl.DataFrame, settings:Settings) -> tuple[dict, dict]:
     "The EDA tables and figures of a labelled table."
-    from mlops_nb.clean import boundary, choose_features, derive
+    from mlops_nb.clean import boundary, choose_features, derive, resolve_split
     data, target = settings.data, settings.data.target
     numeric, categorical = choose_features(df, data, settings.features)
     df = derive(df, settings.features.derived)
     numeric += [n for n in settings.features.derived if df[n].dtype != pl.String]
     categorical += [n for n in settings.features.derived if df[n].dtype == pl.String]
     times = df[data.time_column]
-    train = df.filter(times < boundary(settings.split.valid_from, times))
-    test = df.filter(times >= boundary(settings.split.test_from, times))
+    split = resolve_split(settings.split, times)
+    train = df.filter(times < boundary(split.valid_from, times))
+    test = df.filter(times >= boundary(split.test_from, times))
     correlations = target_correlations(df, numeric, target)
     tables = {"summary": column_summary(df), "missing": missing_table(df), "correlations": correlations,
               "rate_over_time": target_rate_over_time(df, data.time_column, target),

@@ -21,7 +21,7 @@ from fastcore.script import Param, call_parse
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from .config import Settings, git_commit, load_settings, sha256_file, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
+from .config import Settings, SplitSettings, git_commit, load_settings, sha256_file, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
 from .ingest import redact
 from .clean import apply_transform, load_split, load_transform
 from .inference_log import labelled_predictions
@@ -434,7 +434,9 @@ def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dic
     "Test the tuned model, register it, and promote it if it beats the champion."
     import mlflow
     booster, tuned = xgb.Booster(model_file=str(Path(run_dir)/"tune"/"model.ubj")), read_json(Path(run_dir)/"tune"/"best.json")
-    digest = read_json(Path(run_dir)/"clean"/"clean.json")["data_digest"]
+    cleaned = read_json(Path(run_dir)/"clean"/"clean.json")
+    digest = cleaned["data_digest"]
+    settings = msgspec.structs.replace(settings, split=SplitSettings(**cleaned["split"]))  # the dates the clean stage split at
     contract = read_json(settings.data.contract) if Path(settings.data.contract).exists() else None
     bundle = ModelBundle(booster, load_transform(run_dir), data_digest=digest, train_until=settings.split.valid_from,
                          name=settings.model_name, contract=contract)

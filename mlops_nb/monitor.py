@@ -354,8 +354,8 @@ def plot_performance(windows:pl.DataFrame, alerts:list[dict]) -> Figure:
     fig.tight_layout()
     return fig
 
-def monitor_report(settings:Settings, out_dir:Path|None=None) -> dict:
-    "Drift and performance of the logged predictions, window by window, against the champion's training rows; alerts raised; saved to `out_dir`."
+def monitor_report(settings:Settings, out_dir:Path|None=None, now:datetime|None=None) -> dict:
+    "Drift and performance of the logged predictions, window by window, against the champion's training rows; alerts raised (dated `now`); saved to `out_dir`."
     m = settings.monitor
     logged = read_inference_log(settings.inference_log_url, m.max_rows)
     out = Path(out_dir or settings.state/"monitor"/datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
@@ -367,7 +367,7 @@ def monitor_report(settings:Settings, out_dir:Path|None=None) -> dict:
     reference = training_reference(settings, bundle)
     windows, drifts = window_table(logged, read_feedback(settings.inference_log_url), bundle, reference, m)
     latest = drifts.filter(pl.col("window") == windows["window"][-1]).drop("window")
-    alerts = record_alerts(settings, fired_alerts(windows, m.alerts), bundle.version)
+    alerts = record_alerts(settings, fired_alerts(windows, m.alerts), bundle.version, now)
     last = windows.row(-1, named=True)
     drifted = latest.filter("drifted")["feature"].to_list()
     report = {"status": "ok", "time": datetime.now(timezone.utc).isoformat(), "model_version": bundle.version, "window": last["window"],

@@ -34,7 +34,7 @@ def project(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
     env.update(MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"),
                MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
-               MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"))
+               MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), MLOPS_GATE__LATENCY_BUDGET_MS="500")  # tests share two cores
     return home, env
 
 

@@ -77,7 +77,7 @@ def run_through(relay:LateRelay, url, home:Path, run_id:str, **env):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
     environ.update(MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"), MLOPS_TRACKING_URI=tracking,
                    MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
-                   MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), **env)
+                   MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), MLOPS_GATE__LATENCY_BUDGET_MS="500", **env)
     result = subprocess.run([str(BIN/"mlops_run"), "--run_id", run_id], cwd=home, env=environ, capture_output=True, text=True, timeout=900)
     return result, environ
 

@@ -1,0 +1,133 @@
+"""The closed loop through its commands: a shortened `mlops_replay` (two months, a slice of the flights),
+then `mlops_schedule` on the replay's stores: one job at once, and the scheduler itself on a cron
+expression until it is stopped."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from mlops_nb.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small and quick; a rule that every window breaks and a gate that lets every model through, so the
+# test can tell what must happen: each month raises a new incident, which retrains, which promotes.
+SETTINGS = """
+[data]
+sample_every = 40
+[tune]
+n_trials = 3
+max_rounds = 60
+[gate]
+latency_budget_ms = 500
+min_gain = -1.0
+max_slice_drop = 1.0
+max_window_drop = 1.0
+[[monitor.alerts]]
+name = "traffic"
+metric = "rows"
+above = 0
+"""
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    return {**env, "MLOPS_PIPELINE__NOTEBOOKS_DIR": str(ROOT/"nbs"), **extra}
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    "The folder of a shortened replay of July and August, and what it printed."
+    folder = tmp_path_factory.mktemp("loop")
+    (folder/"mlops.toml").write_text(SETTINGS)
+    result = subprocess.run([str(BIN/"mlops_replay"), "--first", "7", "--last", "8"], cwd=folder, env=clean_env(),
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return folder/"replay", result.stdout
+
+
+def test_replay_serves_monitors_retrains_and_promotes(replayed):
+    home, printed = replayed
+    story = json.loads((home/"report"/"replay.json").read_text())
+    months = story["months"]
+    assert [m["month"] for m in months] == ["2013-07", "2013-08"]
+    assert [m["served_by"] for m in months] == ["1", "2"]  # August is answered by the model retrained after July
+    for m in months:
+        assert m["requests"] > 500 and m["window"]["rows"] == m["requests"]
+        assert m["window"]["labelled"] == 1.0 and 0.5 < m["window"]["roc_auc"] < 0.9  # every label arrived
+        assert m["window"]["estimated_roc_auc"] is not None and "month" in m["window"]["drifted"]  # a new month every time
+        assert len(m["new_alerts"]) == 1 and m["retrain"]["status"] == "ok" and m["retrain"]["promoted"]
+    assert story["champion"] == "3" and (home/"report"/"story.png").stat().st_size > 20_000
+    assert "2013-08: served by v2" in printed and "champion at the end: v3" in printed
+    # retraining read the newly labelled months: the last run tested on August
+    last_run = json.loads((Path(home/"runs")/months[-1]["retrain"]["run_id"]/"clean"/"clean.json").read_text())
+    assert last_run["split"] == {"valid_from": "2013-07-01", "test_from": "2013-08-01"}
+
+
+def test_replay_alerts_are_stored_once_per_incident(replayed):
+    home, _ = replayed
+    engine = sa.create_engine(load_settings(home/"settings.json", environ={}).inference_log_url)
+    with engine.connect() as c:
+        alerts = c.execute(sa.text("select incident, new_incident, time from alerts order by id")).all()
+        served = dict(c.execute(sa.text("select model_version, count(*) from predictions group by model_version")).all())
+    engine.dispose()
+    assert [(a[0], bool(a[1])) for a in alerts] == [("traffic on flights_late v1", True), ("traffic on flights_late v2", True)]
+    assert alerts[0][2].startswith("2013-08-01")  # dated in the replay's time: the end of July
+    assert set(served) == {"1", "2"}
+
+
+def schedule_once(home, **env):
+    result = subprocess.run([str(BIN/"mlops_schedule"), "--config", str(home/"settings.json"), "--once", "monitor"],
+                            cwd=home, env=clean_env(**env), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_one_incident_starts_one_retrain(replayed):
+    home, _ = replayed
+    runs = lambda: len(list((home/"runs").glob("*/run.json")))
+    before = runs()
+    first = schedule_once(home)  # a new incident for v3, but a run started minutes ago: within the retraining cool-down
+    assert first["status"] == "ok" and first["new_alerts"] == 1 and "retrain" not in first
+    second = schedule_once(home, MLOPS_SCHEDULE__RETRAIN_COOLDOWN_HOURS="0")  # the same incident again: a repeat
+    assert second["alerts"] == 1 and second["new_alerts"] == 0 and "retrain" not in second
+    assert runs() == before
+    third = schedule_once(home, MLOPS_SCHEDULE__RETRAIN_COOLDOWN_HOURS="0", MLOPS_MONITOR__COOLDOWN_HOURS="0")
+    assert third["new_alerts"] == 1 and third["retrain"]["status"] == "ok" and third["retrain"]["registered_version"] == "4"
+    assert runs() == before + 1
+    history = [json.loads(line) for line in (home/"state"/"schedule.jsonl").read_text().splitlines()]
+    assert [h["job"] for h in history][-3:] == ["monitor"]*3 and all(Path(h["report"], "report.html").exists() for h in history[-3:])
+
+
+def test_scheduler_runs_its_cron_jobs_until_stopped(replayed):
+    home, _ = replayed
+    log_file = home/"state"/"schedule.jsonl"
+    seen = len(log_file.read_text().splitlines())
+    scheduler = subprocess.Popen([str(BIN/"mlops_schedule"), "--config", str(home/"settings.json")], cwd=home,
+                                 env=clean_env(MLOPS_SCHEDULE__MONITOR="* * * * *", MLOPS_SCHEDULE__RETRAIN=""),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while len(log_file.read_text().splitlines()) == seen and time.time() < deadline:
+            assert scheduler.poll() is None, scheduler.stderr.read()[-3000:]
+            time.sleep(1)
+        record = json.loads(log_file.read_text().splitlines()[-1])
+        assert record["job"] == "monitor" and record["status"] == "ok"
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        _, err = scheduler.communicate(timeout=120)
+    assert scheduler.returncode == 0 and "monitor: * * * * * (UTC), next at" in err and "scheduler stopped" in err
+
+
+def test_bad_cron_expression_is_named(tmp_path):
+    result = subprocess.run([str(BIN/"mlops_schedule")], cwd=tmp_path, env=clean_env(MLOPS_SCHEDULE__RETRAIN="every monday"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "schedule.retrain = 'every monday' is not a cron expression" in result.stderr
