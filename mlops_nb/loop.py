@@ -46,13 +46,17 @@ def retrain_reasons(report:dict, last_start:datetime|None, now:datetime, cooldow
         return []
     return reasons
 
-def retrain(settings:Settings, reasons:list[str]) -> dict|None:
-    "Run the pipeline because of `reasons`; its ledger, or None when another run holds the lock."
+def retrain(settings:Settings, reasons:list[str]) -> dict:
+    "Run the pipeline because of `reasons`; what came of it: run id, status, registered version, promotion, champion (or why not)."
     log.warning("retraining because: %s", "; ".join(reasons))
-    try: return run_pipeline(settings)
+    try: ledger = run_pipeline(settings)
     except RunLocked as e:
         log.warning("retraining not started: %s", e)
-        return None
+        return {"status": "not started", "error": str(e)}
+    except (StageFailed, Unreachable) as e:  # the champion and the registry stay as they were
+        log.error("retraining failed: %s", e)
+        return {"status": "failed", "error": str(e)}
+    return {k: ledger.get(k) for k in ("run_id", "status", "registered_version", "promoted", "champion")}
 
 # %% ../nbs/10_loop.ipynb #8a4bbf86
 JOBS = ("monitor", "retrain")
@@ -74,10 +78,10 @@ def run_job(settings:Settings, name:str) -> dict:
             report = run_monitor(settings, settings.state/"monitor"/started.strftime("%Y%m%dT%H%M%S"))
             record.update(report=report["out_dir"], alerts=len(report.get("alerts", [])), new_alerts=len(report.get("new_alerts", [])))
             reasons = retrain_reasons(report, latest_run_start(settings), started, settings.schedule.retrain_cooldown_hours)
-            if reasons and settings.schedule.retrain_on_alert: record["retrain"] = _run_summary(retrain(settings, reasons))
-        elif name == "retrain": record["retrain"] = _run_summary(retrain(settings, ["scheduled"]))
+            if reasons and settings.schedule.retrain_on_alert: record["retrain"] = retrain(settings, reasons)
+        elif name == "retrain": record["retrain"] = retrain(settings, ["scheduled"])
         else: raise ValueError(f"no job {name!r}: the jobs are {JOBS}")
-        record["status"] = "ok"
+        record["status"] = "failed" if record.get("retrain", {}).get("status") == "failed" else "ok"
     except (StageFailed, Unreachable, RuntimeError, OSError) as e:
         record.update(status="failed", error=str(e))
         log.error("%s failed: %s", name, e)
@@ -87,9 +91,7 @@ def run_job(settings:Settings, name:str) -> dict:
     log.info("%s: %s in %.1fs", name, record["status"], record["seconds"])
     return record
 
-def _run_summary(ledger:dict|None) -> dict|None:
-    if ledger is None: return {"status": "not started: another run holds the lock"}
-    return {k: ledger.get(k) for k in ("run_id", "status", "registered_version", "promoted", "champion")}
+
 
 # %% ../nbs/10_loop.ipynb #58e10e43
 @call_parse
@@ -232,14 +234,15 @@ def replay(settings:Settings, home:Path, months:list[int]) -> dict:
                      "alerts": [a["message"] for a in report["alerts"]], "new_alerts": [a["message"] for a in report["new_alerts"]]}
             reasons = retrain_reasons(report, _last_retrain(story), month_end, settings.schedule.retrain_cooldown_hours)
             if reasons:
-                entry["retrain"] = _run_summary(retrain(settings, reasons)) | {"time": month_end.isoformat()}
+                entry["retrain"] = retrain(settings, reasons) | {"time": month_end.isoformat()}
                 if entry["retrain"].get("promoted"): entry["reload"] = server.reload()
             log.info("replay %s: %d requests served by v%s; ROC AUC %s; alerts %s; %s", entry["month"], len(ids), entry["served_by"],
                      window.get("roc_auc"), entry["new_alerts"] or "none", entry.get("retrain") or "no retraining")
             story.append(entry)
     finally: server.close()
     out = home/"report"
-    result = {"trained_before": months[0], "first": _run_summary(first), "months": story, "champion": champion_version(settings)}
+    result = {"trained_before": months[0], "first": {k: first.get(k) for k in ("run_id", "registered_version", "promoted")},
+              "months": story, "champion": champion_version(settings)}
     write_json(out/"replay.json", result)
     plot_story(story).savefig(out/"story.png", dpi=100)
     return result
@@ -264,7 +267,8 @@ def mlops_replay(config:str=None, # settings file (TOML); default: MLOPS_CONFIG 
     for m in result["months"]:
         r = m.get("retrain") or {}
         roc = m["window"].get("roc_auc")
-        print(f"{m['month']}: served by v{m['served_by']}, ROC AUC {roc:.3f}" if roc is not None else f"{m['month']}: served by v{m['served_by']}",
-              f"; alerts: {'; '.join(m['new_alerts']) or 'none'}" + (f"; retrained: v{r.get('registered_version')}, "
-              f"{'promoted' if r.get('promoted') else 'not promoted'}" if r else ""))
+        outcome = (f"; retrained: v{r['registered_version']}, {'promoted' if r['promoted'] else 'not promoted'}" if r.get("status") == "ok" else
+                   f"; retraining {r['status']}: {r.get('error', '')}" if r else "")
+        print(f"{m['month']}: served by v{m['served_by']}" + (f", ROC AUC {roc:.3f}" if roc is not None else "") +
+              f"; alerts: {'; '.join(m['new_alerts']) or 'none'}" + outcome)
     print(f"champion at the end: v{result['champion']}; report in {Path(home)/'report'}")
