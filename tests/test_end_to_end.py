@@ -157,7 +157,16 @@ def test_monitor_reads_the_served_predictions(server, trained, project):
     assert report["model_version"] == trained["champion"] and report["window_rows"] >= len(rows)
     # twenty copies of one December flight are nothing like the training months
     assert result.returncode == 3 and "DRIFT" in result.stdout and report["drift_detected"]
-    assert (out_dir/"drift.png").exists()
+    assert all((out_dir/f).exists() for f in ("drift.png", "drift_over_time.png", "performance.png", "windows.csv", "report.html"))
+    html = (out_dir/"report.html").read_text()
+    assert "Drift and performance" in html and html.count("<img") >= 3 and "http" not in html.replace("http://127.0.0.1", "")
+    import mlflow  # the report is in MLflow too, as a run of its own
+    from mlops_nb.config import use_tracking
+    use_tracking(load_settings(environ=project[1]))
+    [run] = mlflow.search_runs(filter_string=f"tags.`mlops_nb.kind` = 'monitor' and tags.model_version = '{trained['champion']}'",
+                               output_format="list", max_results=1, order_by=["attribute.start_time DESC"])
+    assert "monitor/report.html" in [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "monitor")]
+    assert run.data.metrics["rows"] == report["window_rows"]
 
 
 def test_registered_model_reproduces_from_its_records(project, trained):
