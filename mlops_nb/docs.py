@@ -103,8 +103,7 @@ def run_pages(settings:Settings, site:Path, bench:Path|None=None) -> list[str]:
     pages["model_card"] = (["# Model card of the champion", "", f"Version {card[0]}, as registered (the model version's description in MLflow).", "",
                             _demote(card[1]), ""] if card else ["# Model card of the champion", "", "No version holds the alias `champion` yet.", ""])
     reports = sorted((settings.state/"monitor").glob("*/monitor.json"), key=lambda p: p.stat().st_mtime)
-    extra = site/"extra"; extra.mkdir(exist_ok=True)  # published as they are, at the site's root
-    pages["monitoring"] = ["# Monitoring report", ""] + (_monitoring(reports[-1].parent, out, extra) if reports else
+    pages["monitoring"] = ["# Monitoring report", ""] + (_monitoring(reports[-1].parent, out) if reports else
                                                          ["No monitoring report yet: `mlops_monitor` writes one.", ""])
     pages["benchmarks"] = ["# Benchmark results", ""] + _benchmarks(bench, out)
     for name, lines in pages.items(): (out/f"{name}.md").write_text("\n".join(lines) + "\n")
@@ -113,14 +112,14 @@ def run_pages(settings:Settings, site:Path, bench:Path|None=None) -> list[str]:
 _WINDOW_COLUMNS = ["window", "rows", "labelled", "roc_auc", "precision", "recall", "estimated_roc_auc", "estimated_precision",
                    "drifted_features", "prediction_psi"]
 
-def _monitoring(folder:Path, site:Path, extra:Path) -> list[str]:
-    "The latest monitoring report: its verdict, windows and alerts, its plots, and the whole executed report, published in `extra`."
+def _monitoring(folder:Path, site:Path) -> list[str]:
+    "The latest monitoring report: its verdict, windows and alerts, its plots, and the whole executed report beside the page."
     report = read_json(folder/"monitor.json")
     if report.get("status") != "ok": return [f"Latest monitoring at {report.get('time')}: {report.get('status')}.", ""]
     full = []
     if (folder/"report.html").exists():
-        shutil.copy(folder/"report.html", extra/"monitoring_report.html")
-        full = ["The whole report, as `mlops_monitor` executed it: [monitoring_report.html](../monitoring_report.html).", ""]
+        shutil.copy(folder/"report.html", site/"monitoring_report.html")  # a resource in _quarto.yml; Sphinx gets it as an extra file
+        full = ["The whole report, as `mlops_monitor` executed it: [monitoring_report.html](monitoring_report.html).", ""]
     def cell(v): return f"{v:.3f}" if isinstance(v, float) else "" if v is None else str(v)
     windows = [{k: cell(w.get(k)) for k in _WINDOW_COLUMNS} for w in report.get("windows", [])]
     alerts = [{k: cell(a.get(k)) for k in ("time", "rule", "message", "new_incident", "delivered")} for a in report.get("alerts", [])]
@@ -166,7 +165,7 @@ html_theme = "alabaster"
 html_theme_options = {"fixed_sidebar": True, "show_powered_by": False}
 html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
 html_static_path = []
-html_extra_path = ["extra"]  # files published as they are: the latest monitoring report
+html_extra_path = ["extra"]  # published as they are: the run pages' own HTML (the monitoring report)
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "sidebar.yml", "nbdev.yml", "_quarto.yml"]
 suppress_warnings = ["myst.header", "myst.xref_missing", "misc.highlighting_failure", "mystnb.unknown_mime_type", "toc.not_included"]
 '''
@@ -189,6 +188,8 @@ def _front_matter_as_title(nb:dict) -> dict:
 def sphinx_site(source:Path, dest:Path, sections:dict[str, list[str]]) -> Path:
     "Render `source` (processed notebooks, guides, run pages) to static HTML in `dest`."
     (source/"conf.py").write_text(SPHINX_CONF)
+    (source/"extra"/"run").mkdir(parents=True, exist_ok=True)
+    for page in (source/"run").glob("*.html"): shutil.copy(page, source/"extra"/"run"/page.name)  # Sphinx publishes only html_extra_path
     for path in source.rglob("*.ipynb"):
         nb = _front_matter_as_title(json.loads(path.read_text()))
         if path.name == "index.ipynb" and path.parent == source:
