@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
