@@ -223,7 +223,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "Everything a run, the server and monitoring need to know."
     state_dir: str = "state"  # embedded stores: MLflow (SQLite), artifacts, snapshots, inference log
     runs_dir: str = "runs"  # one folder per pipeline run
-    tracking_uri: str = ""  # MLflow tracking and registry; empty: SQLite under state_dir
+    tracking_uri: str = ""  # MLflow tracking and registry; empty: SQLite under state_dir; or a database URL, or an MLflow server (http://...)
+    artifact_store: str = ""  # where new experiments keep artifacts (s3://..., a shared folder); empty: state_dir/artifacts, or the tracking server's own
     experiment: str = "flights_late"
     model_name: str = "flights_late"
     inference_log: str = ""  # store of served predictions and feedback: a SQLite file or a postgresql:// URL; empty: SQLite under state_dir
@@ -243,7 +244,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def snapshots_dir(self) -> Path: return self.state/"snapshots"
     @property
-    def artifacts_uri(self) -> str: return (self.state/"artifacts").absolute().as_uri()
+    def artifacts_uri(self) -> str:
+        "Where a new experiment's artifacts go: the configured store, the tracking server's own (''), or a local folder."
+        if self.artifact_store: return self.artifact_store
+        return "" if self.tracking_uri.startswith(("http://", "https://")) else (self.state/"artifacts").absolute().as_uri()
     @property
     def mlflow_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{(self.state/'mlflow.db').absolute()}"
@@ -382,7 +386,7 @@ def use_tracking(settings:Settings) -> str:
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
     exp = mlflow.get_experiment_by_name(settings.experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(settings.experiment, artifact_location=settings.artifacts_uri)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(settings.experiment, artifact_location=settings.artifacts_uri or None)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

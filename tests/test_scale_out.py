@@ -1,0 +1,98 @@
+"""Scaling out on existing engines: the pipeline, the server and monitoring through an MLflow tracking
+server whose backend store is PostgreSQL and whose artifacts every client reaches through it."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from mlops_nb.config import load_settings
+from mlops_nb.evaluate import champion_version, load_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PG_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+EXAMPLE = json.loads((ROOT/"examples"/"predict_request.json").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    "`mlflow server` on loopback: PostgreSQL (a fresh database) as its backend store, artifacts served from a folder of its own."
+    import psycopg
+    try: admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {PG_URL} (set MLOPS_TEST_POSTGRES_URL): {e}")
+    name = f"mlops_tracking_{os.getpid()}"
+    admin.execute(f"drop database if exists {name} with (force)")
+    admin.execute(f"create database {name}")
+    backend = make_url(PG_URL).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    port, artifacts = _free_port(), tmp_path/"server_artifacts"
+    server = subprocess.Popen([str(BIN/"mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path/"mlflow_server.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            assert server.poll() is None, (tmp_path/"mlflow_server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200: break
+            except httpx.TransportError: pass
+            time.sleep(0.5)
+        else: pytest.fail("the MLflow server did not answer within 120 s")
+        yield url, artifacts
+    finally:
+        server.terminate(); server.wait(30)
+        admin.execute(f"drop database if exists {name} with (force)")
+        admin.close()
+
+
+def test_pipeline_and_server_through_a_tracking_server(tracking_server, tmp_path):
+    url, server_artifacts = tracking_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    env.update(MLOPS_TRACKING_URI=url, MLOPS_STATE_DIR=str(tmp_path/"state"), MLOPS_RUNS_DIR=str(tmp_path/"runs"),
+               MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
+               MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), MLOPS_GATE__LATENCY_BUDGET_MS="500")
+    result = subprocess.run([str(BIN/"mlops_run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "registered v1, promoted" in result.stdout
+    # every artifact went to the server's store; this machine kept none
+    assert list(server_artifacts.rglob("model.ubj")) and not (tmp_path/"state"/"artifacts").exists()
+    settings = load_settings(environ=env)
+    assert champion_version(settings) == "1"
+    from litestar.testing import TestClient
+    from mlops_nb.serve import create_app
+    with TestClient(create_app(settings)) as client:  # the server loads the champion through the tracking server
+        answer = client.post("/predict", json={"rows": EXAMPLE["rows"]})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    assert load_bundle(settings, alias="champion").data_digest
+
+
+def test_deployment_files_name_what_exists():
+    "No Docker engine here: the files are checked for what they name (sources, commands, images, probes) instead."
+    import configparser, yaml
+    ini = configparser.ConfigParser(); ini.read(ROOT/"settings.ini")
+    scripts = {line.split("=")[0].strip() for line in ini["DEFAULT"]["console_scripts"].splitlines() if line.strip()}
+    for dockerfile in ("Dockerfile.serve", "Dockerfile.pipeline"):
+        lines = (ROOT/"deploy"/dockerfile).read_text().splitlines()
+        for line in lines:
+            if line.startswith("COPY "): assert all((ROOT/src).exists() for src in line.split()[1:-1]), line
+        assert any(line.startswith("USER ") and "root" not in line for line in lines)  # not root
+        command = json.loads(next(line for line in lines if line.startswith("CMD "))[4:])
+        assert command[0] in scripts
+    compose = yaml.safe_load((ROOT/"deploy"/"compose.yaml").read_text())["services"]
+    for name, service in compose.items():
+        if "build" in service: assert (ROOT/service["build"]["dockerfile"]).exists(), name
+    assert "/ready" in " ".join(compose["serve"]["healthcheck"]["test"]) and compose["serve"]["deploy"]["replicas"] == 2
+    settings_keys = {k for service in compose.values() for k in (service.get("environment") or {}) if k.startswith("MLOPS_")}
+    load_settings(environ={k: "x" if "TOKEN" in k else "postgresql://h/db" if "LOG" in k else "http://h:5000" for k in settings_keys})
