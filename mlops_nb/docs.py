@@ -119,7 +119,8 @@ def _monitoring(folder:Path, site:Path) -> list[str]:
     full = []
     if (folder/"report.html").exists():
         shutil.copy(folder/"report.html", site/"monitoring_report.html")  # a resource in _quarto.yml; Sphinx gets it as an extra file
-        full = ["The whole report, as `mlops_monitor` executed it: [monitoring_report.html](monitoring_report.html).", ""]
+        # a plain HTML link: a Markdown one to a file beside the page would become a download in MyST
+        full = ['The whole report, as `mlops_monitor` executed it: <a href="monitoring_report.html">monitoring_report.html</a>.', ""]
     def cell(v): return f"{v:.3f}" if isinstance(v, float) else "" if v is None else str(v)
     windows = [{k: cell(w.get(k)) for k in _WINDOW_COLUMNS} for w in report.get("windows", [])]
     alerts = [{k: cell(a.get(k)) for k in ("time", "rule", "message", "new_incident", "delivered")} for a in report.get("alerts", [])]
