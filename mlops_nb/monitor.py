@@ -327,7 +327,7 @@ def plot_drift_over_time(drifts:pl.DataFrame, top:int=15) -> Figure:
     grid = drifts.filter(pl.col("feature").is_in(worst)).pivot("window", index="feature", values="psi", sort_columns=False)
     grid = grid.sort(pl.col("feature").replace_strict(worst, list(range(len(worst)))))
     windows = grid.columns[1:]
-    fig = Figure(figsize=(1.2 + 0.6*len(windows), 0.35*len(worst) + 1.5))
+    fig = Figure(figsize=(max(6.0, 2.5 + 0.6*len(windows)), 0.35*len(worst) + 1.5))
     ax = fig.subplots()
     image = ax.imshow(np.clip(grid.select(windows).to_numpy(), 0, 1), cmap="Reds", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(windows)), windows, rotation=45, ha="right"); ax.set_yticks(range(len(worst)), grid["feature"].to_list())

@@ -96,3 +96,56 @@ def test_deployment_files_name_what_exists():
     assert "/ready" in " ".join(compose["serve"]["healthcheck"]["test"]) and compose["serve"]["deploy"]["replicas"] == 2
     settings_keys = {k for service in compose.values() for k in (service.get("environment") or {}) if k.startswith("MLOPS_")}
     load_settings(environ={k: "x" if "TOKEN" in k else "postgresql://h/db" if "LOG" in k else "http://h:5000" for k in settings_keys})
+
+
+@pytest.fixture
+def shared_log_url():
+    "A fresh PostgreSQL database for an inference log that several servers share."
+    import psycopg
+    try: admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {PG_URL} (set MLOPS_TEST_POSTGRES_URL): {e}")
+    name = f"mlops_replicas_{os.getpid()}"
+    admin.execute(f"drop database if exists {name} with (force)")
+    admin.execute(f"create database {name}")
+    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    admin.execute(f"drop database if exists {name} with (force)")
+    admin.close()
+
+
+def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url, tmp_path):
+    import mlflow
+    from mlops_nb.config import save_settings, standalone_settings, stage_run_dir, use_tracking
+    from mlops_nb.evaluate import train_and_register
+    from mlops_nb.monitor import monitor_report
+    settings = standalone_settings(inference_log=shared_log_url, serve={"poll_seconds": 0.5})
+    first = train_and_register(settings, stage_run_dir(settings))
+    second = train_and_register(settings, stage_run_dir(settings))  # the same data again: registered, not promoted
+    assert first["decision"]["promoted"] and not second["decision"]["promoted"]
+    config = save_settings(settings, tmp_path/"settings.json")
+    ports = [_free_port(), _free_port()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    replicas = [subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(p)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path/f"serve_{p}.log", "w")) for p in ports]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        for url, replica in zip(urls, replicas):
+            for _ in range(240):
+                assert replica.poll() is None, (tmp_path/f"serve_{url.rsplit(':', 1)[1]}.log").read_text()[-3000:]
+                try:
+                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200: break
+                except httpx.TransportError: pass
+                time.sleep(0.5)
+        answers = [httpx.post(f"{url}/predict", json={"rows": EXAMPLE["rows"]*5}, timeout=10).json() for url in urls for _ in range(4)]
+        assert {a["model_version"] for a in answers} == {first["version"]}
+        time.sleep(1)  # each replica writes its log within a fraction of a second
+        feedback = httpx.post(f"{urls[1]}/feedback", json={"request_id": answers[0]["request_id"], "row": 2, "label": 1}, timeout=10)
+        assert feedback.status_code == 202, feedback.text  # answered by one replica, labelled through the other
+        use_tracking(settings)
+        mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", second["version"])
+        deadline = time.time() + 30
+        while time.time() < deadline and {httpx.get(f"{u}/version").json()["model_version"] for u in urls} != {second["version"]}: time.sleep(0.5)
+        assert {httpx.get(f"{u}/version").json()["model_version"] for u in urls} == {second["version"]}
+    finally:
+        for replica in replicas: replica.terminate(); replica.wait(60)
+    report = monitor_report(settings, tmp_path/"monitor")
+    assert report["window_rows"] == 8*5  # the shared log holds both replicas' rows
