@@ -118,7 +118,8 @@ class TuneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seed: int = 42
     space: dict[str, dict[str, str|int|float|bool|list]] = msgspec.field(default_factory=_xgboost_space)  # XGBoost parameter: {type = "int"|"float"|"categorical", low, high, log, choices}
     pruning: bool = True  # stop trials whose validation AUC falls behind the others' at the same round
-    storage: str = ""  # Optuna storage URL (e.g. postgresql://...); empty: a journal file in the run folder
+    storage: str = ""  # Optuna storage URL (e.g. postgresql://...), shared with `mlops_tune_worker`s; empty: a journal file in the run folder
+    heartbeat_seconds: float = 30.0  # with a database storage: a trial whose worker stops beating this long (times 3) is failed
     monotone: dict[str, int] = msgspec.field(default_factory=lambda: {"hour": 1})  # feature: +1 never lowers, -1 never raises the prediction
 
 class EvaluateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -18,6 +18,7 @@ import optuna
 import polars as pl
 import xgboost as xgb
 
+from fastcore.script import call_parse
 from matplotlib.figure import Figure
 from optuna_integration import XGBoostPruningCallback
 
@@ -26,7 +27,8 @@ from .clean import apply_transform, load_split, load_transform
 
 # %% auto #0
 __all__ = ['log', 'BASE_PARAMS', 'FINISHED', 'to_dmatrix', 'train_booster', 'suggest_params', 'journal_storage',
-           'fail_abandoned_trials', 'run_study', 'plot_history', 'plot_importances', 'tune_stage', 'load_tuned']
+           'fail_abandoned_trials', 'run_study', 'plot_history', 'plot_importances', 'study_storage', 'study_name',
+           'tune_stage', 'load_tuned', 'mlops_tune_worker']
 
 # %% ../nbs/04_tune.ipynb #7fa07868
 log = logging.getLogger(__name__)
@@ -157,6 +159,16 @@ def plot_importances(study:optuna.Study) -> Figure:
     return fig
 
 # %% ../nbs/04_tune.ipynb #2b89da00
+def study_storage(tune:TuneSettings, folder:Path):
+    "The study's storage: the configured database, with heartbeats; else a journal file in `folder`."
+    if not tune.storage: return journal_storage(Path(folder)/"study.log")
+    url = tune.storage.replace("postgresql://", "postgresql+psycopg://", 1) if tune.storage.startswith("postgresql://") else tune.storage
+    return optuna.storages.RDBStorage(url, heartbeat_interval=int(tune.heartbeat_seconds), grace_period=int(3*tune.heartbeat_seconds))
+
+def study_name(settings:Settings, run_dir:Path) -> str:
+    "One study per run: the model's name and the run folder's."
+    return f"{settings.model_name}-{Path(run_dir).name}"
+
 def tune_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     "Tune, train the best model, and save it under `tune/` in the run folder."
     import mlflow
@@ -167,7 +179,7 @@ def tune_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
         with stage_run(settings, "04_tune", parent_run_id) as run:
             mlflow.log_params({k: v for k, v in msgspec.structs.asdict(tune).items() if k != "space"})
             mlflow.log_dict(tune.space, "tuning/search_space.json")
-            study = run_study(dtrain, dvalid, tune, tune.storage or journal_storage(out/"study.log"))
+            study = run_study(dtrain, dvalid, tune, study_storage(tune, out), study_name(settings, run_dir))
             booster, fit = train_booster(study.best_params, dtrain, dvalid, tune)
             mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
             mlflow.log_dict(study.best_params, "tuning/best_params.json")  # typed, for mlops_reproduce
@@ -189,3 +201,24 @@ def tune_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
 def load_tuned(run_dir:Path) -> tuple[xgb.Booster, dict]:
     "The model and the summary that the tune stage left in `run_dir`."
     return xgb.Booster(model_file=str(Path(run_dir)/"tune"/"model.ubj")), read_json(Path(run_dir)/"tune"/"best.json")
+
+# %% ../nbs/04_tune.ipynb #25db9dcc
+@call_parse
+def mlops_tune_worker(run_dir:str, # the pipeline run whose study to join
+                      wait:float=600, # seconds to wait for the run's clean stage to finish
+                     ):
+    "Join a pipeline run's Optuna study and run trials until it has enough."
+    from mlops_nb.config import load_settings
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_dir = Path(run_dir)
+    deadline = time.time() + wait
+    while not (run_dir/"clean"/"transform.json").exists():
+        if time.time() > deadline: raise SystemExit(f"{run_dir}: no clean stage output after {wait:g} s")
+        time.sleep(1)
+    settings = load_settings(run_dir/"settings.json")
+    if not settings.tune.storage: raise SystemExit("mlops_tune_worker needs tune.storage: a database every worker reaches")
+    spec = load_transform(run_dir)
+    dtrain, dvalid = (to_dmatrix(load_split(run_dir, s), spec) for s in ("train", "valid"))
+    study = run_study(dtrain, dvalid, settings.tune, study_storage(settings.tune, run_dir), study_name(settings, run_dir), track=False)
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == _worker()]
+    print(f"{_worker()}: {len(mine)} trials in study {study.study_name}; best valid ROC AUC so far {study.best_value:.4f}")

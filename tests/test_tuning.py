@@ -80,3 +80,38 @@ def test_study_in_postgresql_when_configured():
     study = optuna.load_study(study_name=name, storage=url)
     assert len(study.trials) == 4 and all(t.state in FINISHED for t in study.trials)
     optuna.delete_study(study_name=name, storage=url)
+
+
+def test_three_workers_join_a_runs_study_and_its_best_is_registered_once(tmp_path):
+    "`mlops_tune_worker`s wait for a run's clean stage, share its study in PostgreSQL, and the run registers the best trial, once."
+    import mlflow
+    from pathlib import Path
+    from mlops_nb.clean import clean_stage
+    from mlops_nb.config import save_settings, standalone_settings, stage_run_dir, use_tracking
+    from mlops_nb.evaluate import evaluate_stage
+    from mlops_nb.ingest import ingest_stage
+    from mlops_nb.tune import study_name, tune_stage
+    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("postgresql://", "postgresql+psycopg://", 1)
+    try: sqlalchemy.create_engine(url).connect().close()
+    except Exception as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    settings = standalone_settings(tune={"n_trials": 12, "max_rounds": 150, "early_stopping_rounds": 10, "storage": url, "heartbeat_seconds": 5},
+                                   model_name=f"workers_{uuid.uuid4().hex[:8]}")
+    run_dir = stage_run_dir(settings)
+    save_settings(settings, run_dir/"settings.json")
+    bin_dir = Path(sys.executable).parent
+    workers = [subprocess.Popen([str(bin_dir/"mlops_tune_worker"), str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    ingest_stage(settings, run_dir); clean_stage(settings, run_dir)  # the workers start once the splits are there
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    study = optuna.load_study(study_name=study_name(settings, run_dir), storage=url)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states and all(s in FINISHED for s in states)  # every trial accounted for
+    assert len([s for s in states if s in FINISHED]) >= 12
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2, [out for out, _ in outputs]
+    tuned = tune_stage(settings, run_dir)  # the budget is spent: no new trial, the best of the workers' is trained
+    assert tuned["params"] == study.best_params and tuned["trials"] == len(study.trials)
+    evaluate_stage(settings, run_dir)
+    use_tracking(settings)
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name = '{settings.model_name}'")] == ["1"]
+    optuna.delete_study(study_name=study.study_name, storage=url)
