@@ -26,9 +26,9 @@ from .config import Settings, TuneSettings, stage_folder, stage_run, write_json,
 from .clean import apply_transform, load_split, load_transform
 
 # %% auto #0
-__all__ = ['log', 'BASE_PARAMS', 'FINISHED', 'to_dmatrix', 'train_booster', 'suggest_params', 'journal_storage',
-           'fail_abandoned_trials', 'run_study', 'plot_history', 'plot_importances', 'study_storage', 'study_name',
-           'tune_stage', 'load_tuned', 'mlops_tune_worker']
+__all__ = ['log', 'BASE_PARAMS', 'FINISHED', 'to_dmatrix', 'booster_params', 'train_booster', 'suggest_params', 'journal_storage',
+           'fail_abandoned_trials', 'run_study', 'plot_history', 'plot_importances', 'dask_matrix', 'train_on_dask',
+           'study_storage', 'study_name', 'tune_stage', 'load_tuned', 'mlops_tune_worker']
 
 # %% ../nbs/04_tune.ipynb #7fa07868
 log = logging.getLogger(__name__)
@@ -42,17 +42,23 @@ def to_dmatrix(df:pl.DataFrame, spec:dict) -> xgb.DMatrix:
 # %% ../nbs/04_tune.ipynb #45cde4de
 BASE_PARAMS = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "tree_method": "hist"}
 
+def booster_params(params:dict, tune:TuneSettings, features:list[str]) -> dict:
+    "XGBoost's parameters: the base ones, the seed, the monotone constraints on the features present, and `params`."
+    monotone = {f: d for f, d in tune.monotone.items() if f in features}
+    return {**BASE_PARAMS, "seed": tune.seed, **({"monotone_constraints": monotone} if monotone else {}), **params}
+
+def _cut_at_best(booster:xgb.Booster, curve:dict) -> tuple[xgb.Booster, dict]:
+    best = booster.best_iteration
+    return booster[: best + 1], {"best_iteration": best, "valid_auc": curve["valid"]["auc"][best], "curve": curve}
+
 def train_booster(params:dict, dtrain:xgb.DMatrix, dvalid:xgb.DMatrix, tune:TuneSettings,
                   callbacks:list|None=None) -> tuple[xgb.Booster, dict]:
     "Train with early stopping on `dvalid`; the booster cut at its best round, and its learning curve."
     curve = {}
-    monotone = {f: d for f, d in tune.monotone.items() if f in (dtrain.feature_names or [])}
-    constraints = {"monotone_constraints": monotone} if monotone else {}
-    booster = xgb.train({**BASE_PARAMS, "seed": tune.seed, **constraints, **params}, dtrain, num_boost_round=tune.max_rounds,
+    booster = xgb.train(booster_params(params, tune, dtrain.feature_names or []), dtrain, num_boost_round=tune.max_rounds,
                         evals=[(dtrain, "train"), (dvalid, "valid")], evals_result=curve,
                         early_stopping_rounds=tune.early_stopping_rounds, verbose_eval=False, callbacks=callbacks)
-    best = booster.best_iteration
-    return booster[: best + 1], {"best_iteration": best, "valid_auc": curve["valid"]["auc"][best], "curve": curve}
+    return _cut_at_best(booster, curve)
 
 # %% ../nbs/04_tune.ipynb #e3e990a7
 def suggest_params(trial:optuna.Trial, space:dict) -> dict:
@@ -159,6 +165,28 @@ def plot_importances(study:optuna.Study) -> Figure:
     return fig
 
 # %% ../nbs/04_tune.ipynb #2b89da00
+def dask_matrix(client, path:Path, spec:dict):
+    "A DaskDMatrix of the split in the Parquet file `path`: the workers read its parts and transform them with the model's own polars steps."
+    import dask.dataframe as dd
+    import pandas as pd
+    from xgboost import dask as dxgb
+    def features(part):
+        frame = pl.from_pandas(part)
+        return apply_transform(frame, spec).with_columns(frame[spec["target"]].cast(pl.Int64).alias("__label__")).to_pandas()
+    meta = pd.DataFrame({f: pd.Series(dtype="float64") for f in spec["features"]} | {"__label__": pd.Series(dtype="int64")})
+    data = dd.read_parquet(str(path)).map_partitions(features, meta=meta)
+    return dxgb.DaskDMatrix(client, data[spec["features"]], data["__label__"], feature_names=spec["features"])
+
+def train_on_dask(params:dict, run_dir:Path, spec:dict, tune:TuneSettings) -> tuple[xgb.Booster, dict]:
+    "`train_booster` on the Dask cluster at `tune.dask_scheduler`, reading the clean stage's Parquet splits where the workers are."
+    from distributed import Client
+    from xgboost import dask as dxgb
+    with Client(tune.dask_scheduler) as client:
+        dtrain, dvalid = (dask_matrix(client, Path(run_dir)/"clean"/f"{s}.parquet", spec) for s in ("train", "valid"))
+        out = dxgb.train(client, booster_params(params, tune, spec["features"]), dtrain, num_boost_round=tune.max_rounds,
+                         evals=[(dtrain, "train"), (dvalid, "valid")], early_stopping_rounds=tune.early_stopping_rounds, verbose_eval=False)
+    return _cut_at_best(out["booster"], out["history"])
+
 def study_storage(tune:TuneSettings, folder:Path):
     "The study's storage: the configured database, with heartbeats; else a journal file in `folder`."
     if not tune.storage: return journal_storage(Path(folder)/"study.log")
@@ -180,7 +208,8 @@ def tune_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
             mlflow.log_params({k: v for k, v in msgspec.structs.asdict(tune).items() if k != "space"})
             mlflow.log_dict(tune.space, "tuning/search_space.json")
             study = run_study(dtrain, dvalid, tune, study_storage(tune, out), study_name(settings, run_dir))
-            booster, fit = train_booster(study.best_params, dtrain, dvalid, tune)
+            booster, fit = (train_on_dask(study.best_params, run_dir, spec, tune) if tune.dask_scheduler else
+                            train_booster(study.best_params, dtrain, dvalid, tune))
             mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
             mlflow.log_dict(study.best_params, "tuning/best_params.json")  # typed, for mlops_reproduce
             mlflow.log_metrics({"best_valid_auc": study.best_value, "best_iteration": fit["best_iteration"]})

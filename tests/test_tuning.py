@@ -115,3 +115,29 @@ def test_three_workers_join_a_runs_study_and_its_best_is_registered_once(tmp_pat
     use_tracking(settings)
     assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name = '{settings.model_name}'")] == ["1"]
     optuna.delete_study(study_name=study.study_name, storage=url)
+
+
+def test_training_on_a_dask_cluster_matches_one_process():
+    "With tune.dask_scheduler, the tune stage trains the chosen model on Dask workers that read the Parquet splits: the same quality."
+    import msgspec
+    import xgboost as xgb
+    from distributed import LocalCluster
+    from sklearn.metrics import roc_auc_score
+    from mlops_nb.clean import clean_stage, load_split, load_transform
+    from mlops_nb.config import standalone_settings, stage_run_dir
+    from mlops_nb.ingest import ingest_stage
+    from mlops_nb.tune import load_tuned, to_dmatrix, train_booster, tune_stage
+    settings = standalone_settings(data={"sample_every": 10})
+    run_dir = stage_run_dir(settings)
+    ingest_stage(settings, run_dir); clean_stage(settings, run_dir)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = msgspec.structs.replace(settings, tune=msgspec.structs.replace(settings.tune, dask_scheduler=cluster.scheduler_address))
+        tuned = tune_stage(on_dask, run_dir)
+    distributed_model, _ = load_tuned(run_dir)
+    spec = load_transform(run_dir)
+    alone, _ = train_booster(tuned["params"], *(to_dmatrix(load_split(run_dir, s), spec) for s in ("train", "valid")), settings.tune)
+    test = to_dmatrix(load_split(run_dir, "test"), spec)
+    aucs = [roc_auc_score(test.get_label(), model.predict(test)) for model in (distributed_model, alone)]
+    print("test ROC AUC on Dask, in one process:", aucs)
+    assert abs(aucs[0] - aucs[1]) < 0.005, aucs
+    assert aucs[0] > 0.6
