@@ -27,7 +27,7 @@ from .pipeline import RunLocked, StageFailed, Unreachable, run_pipeline
 
 # %% auto #0
 __all__ = ['log', 'JOBS', 'latest_run_start', 'retrain_reasons', 'retrain', 'cron_trigger', 'run_job', 'mlops_schedule',
-           'replay_settings', 'Server', 'plot_story', 'replay', 'mlops_replay']
+           'replay_settings', 'ServerProcess', 'plot_story', 'replay', 'mlops_replay']
 
 # %% ../nbs/10_loop.ipynb #3ac83592
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def replay_settings(settings:Settings, home:Path) -> Settings:
         monitor=msgspec.structs.replace(settings.monitor, window_columns=["year", "month"]),
         serve=msgspec.structs.replace(settings.serve, port=_free_port(), admin_token=secrets.token_hex(16), poll_seconds=0))
 
-class Server:
+class ServerProcess:
     "`mlops_serve` as a child process on loopback, for the replay to talk to."
     def __init__(self, settings_file:Path, settings:Settings):
         import httpx
@@ -219,7 +219,7 @@ def replay(settings:Settings, home:Path, months:list[int]) -> dict:
     first = run_pipeline(settings)
     log.info("replay: trained on months before %d: v%s, champion v%s", months[0], first["registered_version"], first["champion"])
     if not champion_version(settings): raise RuntimeError(f"the first model did not pass the gate: {first['run_dir']}")
-    server, story = Server(settings_file, settings), []
+    server, story = ServerProcess(settings_file, settings), []
     try:
         for month in months:
             rows = _month_rows(everything, month)
