@@ -76,6 +76,9 @@ def test_pipeline_and_server_through_a_tracking_server(tracking_server, tmp_path
         answer = client.post("/predict", json={"rows": EXAMPLE["rows"]})
         assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     assert load_bundle(settings, alias="champion").data_digest
+    from mlops_nb.monitor import monitor_report  # monitoring reads the champion and its training rows through the tracking server too
+    report = monitor_report(settings, tmp_path/"monitor")
+    assert report["model_version"] == "1" and report["window_rows"] == len(EXAMPLE["rows"])
 
 
 def test_deployment_files_name_what_exists():
