@@ -120,6 +120,7 @@ class TuneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pruning: bool = True  # stop trials whose validation AUC falls behind the others' at the same round
     storage: str = ""  # Optuna storage URL (e.g. postgresql://...), shared with `mlops_tune_worker`s; empty: a journal file in the run folder
     heartbeat_seconds: float = 30.0  # with a database storage: a trial whose worker stops beating this long (times 3) is failed
+    threads: int = 0  # XGBoost threads per trial; 0: every core (one tuning process); 1 suits one worker per core
     dask_scheduler: str = ""  # a Dask scheduler's address (tcp://host:8786): the chosen model is trained there with xgboost.dask
     monotone: dict[str, int] = msgspec.field(default_factory=lambda: {"hour": 1})  # feature: +1 never lowers, -1 never raises the prediction
 

@@ -45,7 +45,8 @@ BASE_PARAMS = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"]
 def booster_params(params:dict, tune:TuneSettings, features:list[str]) -> dict:
     "XGBoost's parameters: the base ones, the seed, the monotone constraints on the features present, and `params`."
     monotone = {f: d for f, d in tune.monotone.items() if f in features}
-    return {**BASE_PARAMS, "seed": tune.seed, **({"monotone_constraints": monotone} if monotone else {}), **params}
+    threads = {"nthread": tune.threads} if tune.threads else {}
+    return {**BASE_PARAMS, "seed": tune.seed, **threads, **({"monotone_constraints": monotone} if monotone else {}), **params}
 
 def _cut_at_best(booster:xgb.Booster, curve:dict) -> tuple[xgb.Booster, dict]:
     best = booster.best_iteration
@@ -113,7 +114,7 @@ def _log_trial(trial:optuna.Trial, params:dict, fit:dict|None) -> None:
         mlflow.log_metrics({"valid_auc": fit["valid_auc"], "best_iteration": fit["best_iteration"]})
 
 def run_study(dtrain:xgb.DMatrix, dvalid:xgb.DMatrix, tune:TuneSettings,
-              storage=None, study_name:str="tune", track:bool=True) -> optuna.Study:
+              storage=None, study_name:str="tune", track:bool=True, seed:int|None=None) -> optuna.Study:
     "An Optuna study maximising validation ROC AUC, shared by every process that opens `storage`."
     def objective(trial):
         trial.set_user_attr("worker", _worker())  # lets a later worker tell an abandoned trial from a running one
@@ -127,7 +128,7 @@ def run_study(dtrain:xgb.DMatrix, dvalid:xgb.DMatrix, tune:TuneSettings,
         if track: _log_trial(trial, params, fit)
         return fit["valid_auc"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=tune.seed, multivariate=True)
+    sampler = optuna.samplers.TPESampler(seed=tune.seed if seed is None else seed, multivariate=True)
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=15, reduction_factor=4)
     storage = optuna.storages.get_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
@@ -174,7 +175,7 @@ def dask_matrix(client, path:Path, spec:dict):
         frame = pl.from_pandas(part)
         return apply_transform(frame, spec).with_columns(frame[spec["target"]].cast(pl.Int64).alias("__label__")).to_pandas()
     meta = pd.DataFrame({f: pd.Series(dtype="float64") for f in spec["features"]} | {"__label__": pd.Series(dtype="int64")})
-    data = dd.read_parquet(str(path)).map_partitions(features, meta=meta)
+    data = dd.read_parquet(str(path), split_row_groups=True).map_partitions(features, meta=meta)  # a part per row group: every worker gets some
     return dxgb.DaskDMatrix(client, data[spec["features"]], data["__label__"], feature_names=spec["features"])
 
 def train_on_dask(params:dict, run_dir:Path, spec:dict, tune:TuneSettings) -> tuple[xgb.Booster, dict]:
@@ -235,6 +236,7 @@ def load_tuned(run_dir:Path) -> tuple[xgb.Booster, dict]:
 @call_parse
 def mlops_tune_worker(run_dir:str, # the pipeline run whose study to join
                       wait:float=600, # seconds to wait for the run's clean stage to finish
+                      threads:int=1, # XGBoost threads of this worker: start one worker per core
                      ):
     "Join a pipeline run's Optuna study and run trials until it has enough."
     from mlops_nb.config import load_settings
@@ -246,8 +248,10 @@ def mlops_tune_worker(run_dir:str, # the pipeline run whose study to join
         time.sleep(1)
     settings = load_settings(run_dir/"settings.json")
     if not settings.tune.storage: raise SystemExit("mlops_tune_worker needs tune.storage: a database every worker reaches")
+    tune = msgspec.structs.replace(settings.tune, threads=threads)
     spec = load_transform(run_dir)
     dtrain, dvalid = (to_dmatrix(load_split(run_dir, s), spec) for s in ("train", "valid"))
-    study = run_study(dtrain, dvalid, settings.tune, study_storage(settings.tune, run_dir), study_name(settings, run_dir), track=False)
+    study = run_study(dtrain, dvalid, tune, study_storage(tune, run_dir), study_name(settings, run_dir), track=False,
+                      seed=int.from_bytes(os.urandom(4), "big"))  # a seed of its own: workers do not repeat each other's first trials
     mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == _worker()]
     print(f"{_worker()}: {len(mine)} trials in study {study.study_name}; best valid ROC AUC so far {study.best_value:.4f}")
