@@ -141,3 +141,38 @@ def test_training_on_a_dask_cluster_matches_one_process():
     print("test ROC AUC on Dask, in one process:", aucs)
     assert abs(aucs[0] - aucs[1]) < 0.005, aucs
     assert aucs[0] > 0.6
+
+
+def test_heartbeat_fails_the_trial_of_a_worker_killed_on_another_machine():
+    "With a database storage, a trial whose worker stopped beating is marked failed by the next worker, wherever the dead one ran."
+    from mlops_nb.config import TuneSettings
+    from mlops_nb.tune import study_storage
+    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("postgresql://", "postgresql+psycopg://", 1)
+    try: sqlalchemy.create_engine(url).connect().close()
+    except Exception as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    name = f"beating_{uuid.uuid4().hex[:8]}"
+    script = (WORKER.replace("from mlops_nb.tune import journal_storage, run_study", "from mlops_nb.tune import run_study, study_storage")
+                    .replace("max_rounds=80", "max_rounds=int(sys.argv[4])")
+                    .replace("journal_storage(sys.argv[1])", "study_storage(TuneSettings(storage=sys.argv[1], heartbeat_seconds=1), None)")
+                    .replace('study_name="shared"', f'study_name="{name}"'))
+    storage = study_storage(TuneSettings(storage=url, heartbeat_seconds=1), None)
+    first = subprocess.Popen([sys.executable, "-c", script, url, "50", "1", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try: running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            except KeyError: running = []
+            if running: break
+            time.sleep(0.2)
+        else: pytest.fail("the first worker never started a trial")
+    finally: first.kill(); first.wait()
+    [orphan] = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    storage.set_trial_user_attr(orphan._trial_id, "worker", "another-machine:1")  # its process cannot be looked up from here
+    time.sleep(4)  # longer than the grace period: three missed heartbeats
+    done = len(optuna.load_study(study_name=name, storage=storage).get_trials(states=FINISHED))
+    second = subprocess.run([sys.executable, "-c", script, url, str(done + 1), "2", "60"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    optuna.delete_study(study_name=name, storage=storage)
