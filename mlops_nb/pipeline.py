@@ -152,9 +152,11 @@ def _file_lock(path:Path, run_id:str):
     with open(path, "a+") as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
-            try: held = json.loads(f.read())
-            except ValueError: held = {}
+            held = {}
+            for _ in range(40):  # a holder that has just taken the lock writes its name a moment later
+                f.seek(0)
+                try: held = json.loads(f.read()); break
+                except ValueError: time.sleep(0.05)
             raise RunLocked(f"run {held.get('run_id', '?')} (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
                             f"since {held.get('started', '?')}) holds the lock {path}") from None
         f.seek(0); f.truncate()
