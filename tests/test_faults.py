@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from conftest import fresh_database
 from mlops_nb.config import load_settings
 from mlops_nb.evaluate import champion_version
 
@@ -60,15 +61,7 @@ class LateRelay:
 @pytest.fixture
 def tracking_db():
     "A fresh PostgreSQL database for MLflow's tracking store and registry, dropped afterwards."
-    import psycopg
-    try: admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {PG_URL} (set MLOPS_TEST_POSTGRES_URL): {e}")
-    name = f"mlops_faults_{os.getpid()}"
-    admin.execute(f"drop database if exists {name} with (force)")
-    admin.execute(f"create database {name}")
-    yield make_url(PG_URL).set(drivername="postgresql+psycopg", database=name)
-    admin.execute(f"drop database if exists {name} with (force)")
-    admin.close()
+    with fresh_database("mlops_faults") as url: yield url.set(drivername="postgresql+psycopg")
 
 
 def run_through(relay:LateRelay, url, home:Path, run_id:str, **env):

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from conftest import fresh_database
 from mlops_nb.config import load_settings
 from mlops_nb.evaluate import champion_version, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PG_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 EXAMPLE = json.loads((ROOT/"examples"/"predict_request.json").read_text())
 
 
@@ -30,13 +30,10 @@ def _free_port() -> int:
 @pytest.fixture
 def tracking_server(tmp_path):
     "`mlflow server` on loopback: PostgreSQL (a fresh database) as its backend store, artifacts served from a folder of its own."
-    import psycopg
-    try: admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {PG_URL} (set MLOPS_TEST_POSTGRES_URL): {e}")
-    name = f"mlops_tracking_{os.getpid()}"
-    admin.execute(f"drop database if exists {name} with (force)")
-    admin.execute(f"create database {name}")
-    backend = make_url(PG_URL).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    with fresh_database("mlops_tracking") as url: yield from _serve_tracking(url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False), tmp_path)
+
+
+def _serve_tracking(backend:str, tmp_path):
     port, artifacts = _free_port(), tmp_path/"server_artifacts"
     server = subprocess.Popen([str(BIN/"mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
@@ -51,10 +48,7 @@ def tracking_server(tmp_path):
             time.sleep(0.5)
         else: pytest.fail("the MLflow server did not answer within 120 s")
         yield url, artifacts
-    finally:
-        server.terminate(); server.wait(30)
-        admin.execute(f"drop database if exists {name} with (force)")
-        admin.close()
+    finally: server.terminate(); server.wait(30)
 
 
 def test_pipeline_and_server_through_a_tracking_server(tracking_server, tmp_path):
@@ -104,15 +98,7 @@ def test_deployment_files_name_what_exists():
 @pytest.fixture
 def shared_log_url():
     "A fresh PostgreSQL database for an inference log that several servers share."
-    import psycopg
-    try: admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {PG_URL} (set MLOPS_TEST_POSTGRES_URL): {e}")
-    name = f"mlops_replicas_{os.getpid()}"
-    admin.execute(f"drop database if exists {name} with (force)")
-    admin.execute(f"create database {name}")
-    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    admin.execute(f"drop database if exists {name} with (force)")
-    admin.close()
+    with fresh_database("mlops_replicas") as url: yield url.render_as_string(hide_password=False)
 
 
 def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url, tmp_path):
