@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from conftest import fresh_database
 from mlops_nb.config import load_settings
