@@ -7,17 +7,24 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 UV := $(PYTHON) -m uv
 
-.PHONY: run test venv demo lab lock readme sync-check bench docs clean
+.PHONY: run test test-all venv demo lab lock readme sync-check bench docs clean
 
 ## run: create the environment, run the pipeline on the full data, serve the champion and ask it once
 run: venv
 	$(BIN)/mlops_run
 	@$(MAKE) --no-print-directory demo
 
-## test: notebook tests (nbdev_test) and integration tests (pytest)
+## test: the fast tier, for every change: each notebook's own tests (nbdev_test), then the integration tests not marked slow
 test: venv
-	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/pytest -q tests
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/pytest -q -m "not slow"
+
+## test-all: `make test`, then the slow tier: replays, fault injection, scale-out, load and the browser (what CI runs)
+test-all: test
+	$(BIN)/pytest -q -m slow
+
+# XGBoost's OpenMP threads spin while they wait: beside the servers and kernels of the tests they only steal the cores
+test test-all: export OMP_WAIT_POLICY = PASSIVE
 
 ## venv: the project's environment, installed from the lock, with its Jupyter kernel
 venv: $(VENV)/.installed

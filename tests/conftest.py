@@ -1,19 +1,62 @@
-"Shared by the tests: a fresh PostgreSQL database, dropped afterwards."
+"""Shared by the tests: one small pipeline run built once per session, the environment of a small
+isolated project, free ports and PostgreSQL.
+
+Tests marked `slow` (replays, fault injection, scale-out, load, the browser) run in `make test-all`
+only; `make test` runs the rest."""
+import json
 import os
+import socket
+import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 PG_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+EXAMPLE = json.loads((ROOT/"examples"/"predict_request.json").read_text())
+
+
+def free_port() -> int:
+    "A loopback port nothing listens on (bound, then released)."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_environ(**extra) -> dict:
+    "This process's environment without any MLOPS_* setting, plus `extra`."
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}, **extra}
+
+
+def small_project_environ(home:Path, **extra) -> dict:
+    "The environment of a small project in `home`: every 40th flight, 3 trials of at most 60 rounds, a loose latency budget."
+    return clean_environ(MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"),
+                         MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
+                         MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"),
+                         MLOPS_GATE__LATENCY_BUDGET_MS="500",  # tests share two cores
+                         **extra)
+
+
+def postgres_url(driver:str="postgresql") -> str:
+    "The test server's URL with `driver` as its scheme; the test is skipped, saying why, when no server answers."
+    import psycopg
+    try: psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.Error as e:
+        where = make_url(PG_URL).render_as_string(hide_password=True)
+        pytest.skip(f"no PostgreSQL answers at {where} (set MLOPS_TEST_POSTGRES_URL): {str(e).strip().splitlines()[0]}")
+    return make_url(PG_URL).set(drivername=driver).render_as_string(hide_password=False)
 
 
 @contextmanager
 def fresh_database(prefix:str):
     "A new, empty PostgreSQL database's URL (sqlalchemy); the test is skipped, saying why, when no server answers."
     import psycopg
-    try: admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {PG_URL} (set MLOPS_TEST_POSTGRES_URL): {e}")
+    postgres_url()
+    admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
     name = f"{prefix}_{os.getpid()}"
     admin.execute(f"drop database if exists {name} with (force)")
     admin.execute(f"create database {name}")
@@ -21,3 +64,31 @@ def fresh_database(prefix:str):
     finally:
         admin.execute(f"drop database if exists {name} with (force)")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    "A working folder and the environment of the session's small, isolated project."
+    home = tmp_path_factory.mktemp("project")
+    return home, small_project_environ(home)
+
+
+def cli(project, name, *args, **env) -> subprocess.CompletedProcess:
+    "Run console script `name` in `project`, with `env` added to its environment."
+    home, base = project
+    return subprocess.run([str(BIN/name), *args], cwd=home, env={**base, **env},
+                          capture_output=True, text=True, timeout=900)
+
+
+def ledger_of(project, run_id:str) -> dict:
+    return json.loads((project[0]/"runs"/run_id/"run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def trained(project):
+    """The ledger of the session's one successful `mlops_run` (champion v1), with what it printed on the console.
+    Tests read it and the registry it made; a test that would change the registry or the run makes a project of its own."""
+    result = cli(project, "mlops_run", "--run_id", "first", MLOPS_PIPELINE__PROGRESS="on")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "registered v1" in result.stdout
+    return {**ledger_of(project, "first"), "console": result.stderr}

@@ -1,13 +1,11 @@
-"""The whole loop through its command-line tools: `mlops_run` on a small slice, then `mlops_serve`
-as a real process answering HTTP, then a run that fails and must leave the champion alone."""
+"""The whole loop through its command-line tools: `mlops_run` on a small slice (the session's shared
+run), then `mlops_serve` as a real process answering HTTP, then runs that fail and must leave the
+champion alone."""
 import hashlib
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,45 +15,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from conftest import BIN, EXAMPLE, ROOT, cli, free_port, ledger_of, small_project_environ
 from mlops_nb.clean import apply_transform
 from mlops_nb.config import load_settings
 from mlops_nb.evaluate import champion_version
 from mlops_nb.ingest import read_snapshot, write_snapshot
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-EXAMPLE = json.loads((ROOT/"examples"/"predict_request.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    "A working folder and the environment of a small, isolated project."
-    home = tmp_path_factory.mktemp("project")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-    env.update(MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"),
-               MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
-               MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), MLOPS_GATE__LATENCY_BUDGET_MS="500")  # tests share two cores
-    return home, env
-
-
-def cli(project, name, *args, **env):
-    home, base = project
-    return subprocess.run([str(BIN/name), *args], cwd=home, env={**base, **env},
-                          capture_output=True, text=True, timeout=900)
-
-
-def ledgers(project):
-    home, _ = project
-    return [json.loads(p.read_text()) for p in sorted((home/"runs").glob("*/run.json"))]
-
-
-@pytest.fixture(scope="module")
-def trained(project):
-    "The ledger of a successful `mlops_run`, with what it printed on the console."
-    result = cli(project, "mlops_run", MLOPS_PIPELINE__PROGRESS="on")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "registered v1" in result.stdout
-    return {**ledgers(project)[-1], "console": result.stderr}
 
 
 def test_run_registers_a_champion(project, trained):
@@ -77,17 +41,11 @@ def test_run_shows_progress_and_a_line_per_stage(trained):
         assert len(re.findall(rf"\] {stage} ok in [0-9.]+s: ", console)) == 1  # and one log line
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(project, trained):
     "`mlops_serve` running as a process on a free port; its base URL."
     home, env = project
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN/"mlops_serve"), "--port", str(port)], cwd=home, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -181,27 +139,25 @@ def test_rollback_needs_a_previous_champion(project, trained):
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
 
 
+@pytest.mark.slow
 def test_study_without_a_completed_trial_fails_clearly(project, trained):
-    result = cli(project, "mlops_run", MLOPS_TUNE__N_TRIALS="0")
+    result = cli(project, "mlops_run", "--run_id", "no-trial", MLOPS_TUNE__N_TRIALS="0")
     assert result.returncode == 1
     assert "stage 04_tune failed" in result.stderr and "no completed trial" in result.stderr
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
 
 
 def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
-    result = cli(project, "mlops_run", MLOPS_SPLIT__TEST_FROM="2014-01-01")
+    result = cli(project, "mlops_run", "--run_id", "empty-test-split", MLOPS_SPLIT__TEST_FROM="2014-01-01")
     assert result.returncode == 1
     assert "stage 03_clean failed" in result.stderr and "test split is empty" in result.stderr
-    failed = ledgers(project)[-1]
+    failed = ledger_of(project, "empty-test-split")
     assert failed["status"] == "failed" and failed["stages"][-1]["name"] == "03_clean"
     assert (Path(failed["run_dir"])/"03_clean.ipynb").exists()
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
 
 
-def ledger_of(project, run_id):
-    return json.loads((project[0]/"runs"/run_id/"run.json").read_text())
-
-
+@pytest.mark.slow
 def test_stage_over_its_time_is_killed_and_keeps_the_champion(project, trained):
     result = cli(project, "mlops_run", "--run_id", "too-slow", MLOPS_PIPELINE__STAGE_TIMEOUTS='{"04_tune": 2}')
     assert result.returncode == 1
@@ -214,6 +170,7 @@ def test_stage_over_its_time_is_killed_and_keeps_the_champion(project, trained):
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
 
 
+@pytest.mark.slow
 def test_kernel_killed_by_a_cell_fails_the_run_and_keeps_the_champion(project, trained, tmp_path):
     nbs = tmp_path/"nbs"
     shutil.copytree(ROOT/"nbs", nbs)
@@ -236,7 +193,7 @@ def test_kernel_killed_by_a_cell_fails_the_run_and_keeps_the_champion(project, t
 
 
 @pytest.fixture(scope="module")
-def docs_site(project, trained, server, tmp_path_factory):
+def docs_site(browser, project, trained, server, tmp_path_factory):
     "The site `mlops_docs` builds (without Quarto) after a run and a monitoring report, served on loopback; its base URL."
     import functools, http.server, threading
     assert httpx.post(f"{server}/predict", json={"rows": EXAMPLE["rows"]*20}, timeout=10).status_code == 200
@@ -268,6 +225,7 @@ def browser():
     driver.quit()
 
 
+@pytest.mark.slow
 def test_docs_site_in_a_browser(docs_site, browser, project, trained):
     "Every page loads from loopback alone, no internal link is broken, every image is present; screenshots are kept."
     from urllib.parse import urljoin, urldefrag
@@ -305,9 +263,12 @@ def test_docs_site_in_a_browser(docs_site, browser, project, trained):
         assert browser.save_screenshot(str(shots/f"{name}.png")) and (shots/f"{name}.png").stat().st_size > 10_000
 
 
-def test_killed_run_resumes_to_the_same_outputs(project, trained):
-    "SIGKILL the runner in the middle of a stage; `mlops_runs` calls the run interrupted; `--resume` keeps what was done and ends where an uninterrupted run ends."
-    home, env = project
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_outputs(trained, tmp_path):
+    """SIGKILL the runner in the middle of a stage; `mlops_runs` calls the run interrupted; `--resume` keeps what was
+    done and ends where the session's uninterrupted run ended. In a project of its own: the resumed run registers a model."""
+    home, env = tmp_path, small_project_environ(tmp_path)
+    project = home, env
     runner = subprocess.Popen([str(BIN/"mlops_run"), "--run_id", "killed-run"], cwd=home, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ledger_path = home/"runs"/"killed-run"/"run.json"

@@ -2,31 +2,22 @@
 comes up; and one that never does. The run waits for the first and ends as an uninterrupted run
 would; the second fails the run cleanly without leaving anything behind."""
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import fresh_database
+from conftest import BIN, free_port, fresh_database, small_project_environ
 from mlops_nb.config import load_settings
 from mlops_nb.evaluate import champion_version
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PG_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class LateRelay:
     "A TCP relay to `target` whose port opens only after `delay` seconds: until then every connection is refused."
     def __init__(self, target:tuple[str, int], delay:float):
-        self.target, self.server = target, None
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.target, self.server, self.port = target, None, free_port()
         self.timer = threading.Timer(delay, self._open)
         self.timer.start()
 
@@ -66,14 +57,12 @@ def tracking_db():
 def run_through(relay:LateRelay, url, home:Path, run_id:str, **env):
     "`mlops_run` in `home` with its tracking store behind `relay`."
     tracking = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-    environ.update(MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"), MLOPS_TRACKING_URI=tracking,
-                   MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
-                   MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), MLOPS_GATE__LATENCY_BUDGET_MS="500", **env)
+    environ = small_project_environ(home, MLOPS_TRACKING_URI=tracking, **env)
     result = subprocess.run([str(BIN/"mlops_run"), "--run_id", run_id], cwd=home, env=environ, capture_output=True, text=True, timeout=900)
     return result, environ
 
 
+@pytest.mark.slow
 def test_tracking_store_down_for_the_first_attempts(tracking_db, tmp_path):
     relay = LateRelay((tracking_db.host, tracking_db.port or 5432), delay=8)
     try: result, env = run_through(relay, tracking_db, tmp_path, "late-store", MLOPS_PIPELINE__RETRY_WAIT="1", MLOPS_PIPELINE__RETRIES="4")

@@ -2,10 +2,8 @@
 then `mlops_schedule` on the replay's stores: one job at once, and the scheduler itself on a cron
 expression until it is stopped."""
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,10 +11,8 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
+from conftest import BIN, ROOT, clean_environ
 from mlops_nb.config import load_settings
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 # Small and quick; a rule that every window breaks and a gate that lets every model through, so the
 # test can tell what must happen: each month raises a new incident, which retrains, which promotes.
@@ -39,8 +35,7 @@ above = 0
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-    return {**env, "MLOPS_PIPELINE__NOTEBOOKS_DIR": str(ROOT/"nbs"), **extra}
+    return clean_environ(MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), **extra)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +49,7 @@ def replayed(tmp_path_factory):
     return folder/"replay", result.stdout
 
 
+@pytest.mark.slow
 def test_replay_serves_monitors_retrains_and_promotes(replayed):
     home, printed = replayed
     story = json.loads((home/"report"/"replay.json").read_text())
@@ -72,6 +68,7 @@ def test_replay_serves_monitors_retrains_and_promotes(replayed):
     assert last_run["split"] == {"valid_from": "2013-07-01", "test_from": "2013-08-01"}
 
 
+@pytest.mark.slow
 def test_replay_alerts_are_stored_once_per_incident(replayed):
     home, _ = replayed
     engine = sa.create_engine(load_settings(home/"settings.json", environ={}).inference_log_url)
@@ -91,6 +88,7 @@ def schedule_once(home, **env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_one_incident_starts_one_retrain(replayed):
     home, _ = replayed
     runs = lambda: len(list((home/"runs").glob("*/run.json")))
@@ -107,6 +105,7 @@ def test_one_incident_starts_one_retrain(replayed):
     assert [h["job"] for h in history][-3:] == ["monitor"]*3 and all(Path(h["report"], "report.html").exists() for h in history[-3:])
 
 
+@pytest.mark.slow
 def test_scheduler_runs_its_cron_jobs_until_stopped(replayed):
     home, _ = replayed
     log_file = home/"state"/"schedule.jsonl"

@@ -2,7 +2,6 @@
 join), described only by a settings file, goes through the whole pipeline, the server and monitoring."""
 import json
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,13 +10,11 @@ import polars as pl
 import pytest
 from litestar.testing import TestClient
 
+from conftest import BIN, ROOT
 from mlops_nb.config import load_settings
 from mlops_nb.evaluate import load_bundle
 from mlops_nb.monitor import monitor_report
 from mlops_nb.serve import create_app
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 SETTINGS = """
 experiment = "machines"

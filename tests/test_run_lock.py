@@ -6,15 +6,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
+from conftest import BIN, clean_environ, postgres_url
 from mlops_nb.config import load_settings
 from mlops_nb.pipeline import RunLocked, run_lock
-
-BIN = Path(sys.executable).parent
-PG_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def hold(settings_kwargs:dict, run_id:str) -> subprocess.Popen:
@@ -35,8 +32,7 @@ def hold(settings_kwargs:dict, run_id:str) -> subprocess.Popen:
 def test_second_run_exits_at_once_naming_the_holder(tmp_path):
     holder = hold({"state_dir": str(tmp_path/"state")}, "first-run")
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-        env.update(MLOPS_STATE_DIR=str(tmp_path/"state"), MLOPS_RUNS_DIR=str(tmp_path/"runs"))
+        env = clean_environ(MLOPS_STATE_DIR=str(tmp_path/"state"), MLOPS_RUNS_DIR=str(tmp_path/"runs"))
         started = time.perf_counter()
         result = subprocess.run([str(BIN/"mlops_run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
@@ -48,8 +44,7 @@ def test_second_run_exits_at_once_naming_the_holder(tmp_path):
 
 
 def test_two_runs_started_at_once_one_runs_the_other_exits(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-    env.update(MLOPS_STATE_DIR=str(tmp_path/"state"), MLOPS_RUNS_DIR=str(tmp_path/"runs"), MLOPS_DATA__SAMPLE_EVERY="40")
+    env = clean_environ(MLOPS_STATE_DIR=str(tmp_path/"state"), MLOPS_RUNS_DIR=str(tmp_path/"runs"), MLOPS_DATA__SAMPLE_EVERY="40")
     runs = {name: subprocess.Popen([str(BIN/"mlops_run"), "--run_id", name], cwd=tmp_path, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("run-a", "run-b")}
     try:
@@ -66,15 +61,8 @@ def test_two_runs_started_at_once_one_runs_the_other_exits(tmp_path):
         for p in runs.values(): p.kill(); p.wait()
 
 
-@pytest.fixture
-def postgres():
-    import psycopg
-    try: psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {PG_URL} (set MLOPS_TEST_POSTGRES_URL): {e}")
-    return PG_URL
-
-
-def test_postgres_advisory_lock_is_shared_and_freed_when_its_holder_dies(postgres, tmp_path):
+def test_postgres_advisory_lock_is_shared_and_freed_when_its_holder_dies(tmp_path):
+    postgres = postgres_url()
     kwargs = {"state_dir": str(tmp_path/"state"), "tracking_uri": postgres, "model_name": f"lock_test_{os.getpid()}"}
     settings = load_settings(environ={}, **kwargs)
     holder = hold(kwargs, "pg-first-run")

@@ -1,29 +1,15 @@
 """Scaling out on existing engines: the pipeline, the server and monitoring through an MLflow tracking
 server whose backend store is PostgreSQL and whose artifacts every client reaches through it."""
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import fresh_database
+from conftest import BIN, EXAMPLE, ROOT, clean_environ, free_port, fresh_database, small_project_environ
 from mlops_nb.config import load_settings
 from mlops_nb.evaluate import champion_version, load_bundle
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-EXAMPLE = json.loads((ROOT/"examples"/"predict_request.json").read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,7 +19,7 @@ def tracking_server(tmp_path):
 
 
 def _serve_tracking(backend:str, tmp_path):
-    port, artifacts = _free_port(), tmp_path/"server_artifacts"
+    port, artifacts = free_port(), tmp_path/"server_artifacts"
     server = subprocess.Popen([str(BIN/"mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path/"mlflow_server.log", "w"))
@@ -50,12 +36,10 @@ def _serve_tracking(backend:str, tmp_path):
     finally: server.terminate(); server.wait(30)
 
 
+@pytest.mark.slow
 def test_pipeline_and_server_through_a_tracking_server(tracking_server, tmp_path):
     url, server_artifacts = tracking_server
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-    env.update(MLOPS_TRACKING_URI=url, MLOPS_STATE_DIR=str(tmp_path/"state"), MLOPS_RUNS_DIR=str(tmp_path/"runs"),
-               MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
-               MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), MLOPS_GATE__LATENCY_BUDGET_MS="500")
+    env = small_project_environ(tmp_path, MLOPS_TRACKING_URI=url)
     result = subprocess.run([str(BIN/"mlops_run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "registered v1, promoted" in result.stdout
@@ -100,6 +84,7 @@ def shared_log_url():
     with fresh_database("mlops_replicas") as url: yield url.render_as_string(hide_password=False)
 
 
+@pytest.mark.slow
 def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url, tmp_path):
     import mlflow
     from mlops_nb.config import save_settings, standalone_settings, stage_run_dir, use_tracking
@@ -110,8 +95,8 @@ def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url
     second = train_and_register(settings, stage_run_dir(settings))  # the same data again: registered, not promoted
     assert first["decision"]["promoted"] and not second["decision"]["promoted"]
     config = save_settings(settings, tmp_path/"settings.json")
-    ports = [_free_port(), _free_port()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    ports = [free_port(), free_port()]
+    env = clean_environ()
     replicas = [subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(p)], env=env,
                                  stdout=subprocess.DEVNULL, stderr=open(tmp_path/f"serve_{p}.log", "w")) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]

@@ -3,9 +3,7 @@
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,13 +13,13 @@ import httpx
 import mlflow
 import pytest
 
+from conftest import BIN, clean_environ, free_port, postgres_url
 from mlops_nb.config import save_settings, stage_run_dir, standalone_settings, use_tracking
 from mlops_nb.evaluate import champion_version, load_bundle, train_and_register
 from mlops_nb.inference_log import read_inference_log
 from mlops_nb.ingest import read_snapshot
 
-BIN = Path(sys.executable).parent
-LOAD_SECONDS = float(os.environ.get("MLOPS_TEST_LOAD_SECONDS", "60"))
+LOAD_SECONDS = float(os.environ.get("MLOPS_TEST_LOAD_SECONDS", "20"))
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +38,12 @@ def registry(tmp_path_factory):
     return settings, path, rows
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Process:
     "`mlops_serve` started as its own process on a free port."
     def __init__(self, config:Path, **env):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**{k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}, **env}
+        environ = clean_environ(**env)
         self.proc = subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(self.port)],
                                      env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
@@ -99,6 +91,7 @@ def test_schemathesis_finds_no_server_error_and_no_broken_response(registry, tmp
     assert " passed" in result.stdout and "❌" not in result.stdout
 
 
+@pytest.mark.slow
 def test_fifty_clients_while_the_champion_moves_ten_times(registry):
     "No failed request, and every answer names a version that was champion during the test."
     settings, path, rows = registry
@@ -136,6 +129,7 @@ def test_fifty_clients_while_the_champion_moves_ten_times(registry):
     assert served <= champions and served == {"1", "2"}, served
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_loses_no_request_and_the_log_survives_a_restart(registry, tmp_path):
     settings, path, rows = registry
     log_url = f"sqlite:///{tmp_path/'inference.db'}"
@@ -210,10 +204,7 @@ def test_overload_is_shed_with_503_and_slow_predictions_get_504(registry):
 
 
 def test_inference_log_in_postgresql_when_configured():
-    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    import psycopg
-    try: psycopg.connect(url, connect_timeout=3).close()
-    except psycopg.Error as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    url = postgres_url()
     import numpy as np
     import polars as pl
     import sqlalchemy as sa

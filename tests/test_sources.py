@@ -20,6 +20,7 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 from polars.testing import assert_frame_equal
 
+from conftest import postgres_url
 from mlops_nb.config import DataSettings, JoinSettings, SourceSettings, load_settings
 from mlops_nb.ingest import SourceError, read_data, read_source, redact, write_snapshot
 
@@ -245,17 +246,9 @@ def test_zero_retries_still_reads_once(s3):
 
 # ---------------------------------------------------------------- PostgreSQL through connectorx
 
-PG_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture(scope="module")
 def pg_url():
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
-            conn.execute("select 1")
-    except psycopg.Error as e:
-        pytest.skip(f"no PostgreSQL server answers at {redact(PG_URL)} (set MLOPS_TEST_POSTGRES_URL): {first_line(e)}")
-    return PG_URL
+    return postgres_url()
 
 
 NY_TZ = ZoneInfo(NY)

@@ -1,6 +1,5 @@
 """Several tuning processes share one Optuna study through its journal file: every trial ends complete or
 pruned, none is lost or left running, and the study stops at its budget."""
-import os
 import signal
 import subprocess
 import sys
@@ -10,8 +9,8 @@ import uuid
 
 import optuna
 import pytest
-import sqlalchemy
 
+from conftest import postgres_url
 from mlops_nb.tune import FINISHED, journal_storage
 
 WORKER = textwrap.dedent("""
@@ -70,9 +69,7 @@ def test_killed_worker_leaves_no_trial_running(tmp_path):
 
 def test_study_in_postgresql_when_configured():
     "tune.storage takes a database URL: the same study code runs against PostgreSQL."
-    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("postgresql://", "postgresql+psycopg://", 1)
-    try: sqlalchemy.create_engine(url).connect().close()
-    except Exception as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    url = postgres_url("postgresql+psycopg")
     name = f"shared_{uuid.uuid4().hex[:8]}"
     worker = subprocess.run([sys.executable, "-c", WORKER.replace('journal_storage(sys.argv[1])', 'sys.argv[1]').replace('study_name="shared"', f'study_name="{name}"'),
                              url, "4", "1"], capture_output=True, text=True, timeout=300)
@@ -82,6 +79,7 @@ def test_study_in_postgresql_when_configured():
     optuna.delete_study(study_name=name, storage=url)
 
 
+@pytest.mark.slow
 def test_three_workers_join_a_runs_study_and_its_best_is_registered_once(tmp_path):
     "`mlops_tune_worker`s wait for a run's clean stage, share its study in PostgreSQL, and the run registers the best trial, once."
     import mlflow
@@ -91,9 +89,7 @@ def test_three_workers_join_a_runs_study_and_its_best_is_registered_once(tmp_pat
     from mlops_nb.evaluate import evaluate_stage
     from mlops_nb.ingest import ingest_stage
     from mlops_nb.tune import study_name, tune_stage
-    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("postgresql://", "postgresql+psycopg://", 1)
-    try: sqlalchemy.create_engine(url).connect().close()
-    except Exception as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    url = postgres_url("postgresql+psycopg")
     settings = standalone_settings(tune={"n_trials": 12, "max_rounds": 150, "early_stopping_rounds": 10, "storage": url, "heartbeat_seconds": 5},
                                    model_name=f"workers_{uuid.uuid4().hex[:8]}")
     run_dir = stage_run_dir(settings)
@@ -117,6 +113,7 @@ def test_three_workers_join_a_runs_study_and_its_best_is_registered_once(tmp_pat
     optuna.delete_study(study_name=study.study_name, storage=url)
 
 
+@pytest.mark.slow
 def test_training_on_a_dask_cluster_matches_one_process():
     "With tune.dask_scheduler, the tune stage trains the chosen model on Dask workers that read the Parquet splits: the same quality."
     import msgspec
@@ -143,13 +140,12 @@ def test_training_on_a_dask_cluster_matches_one_process():
     assert aucs[0] > 0.6
 
 
+@pytest.mark.slow
 def test_heartbeat_fails_the_trial_of_a_worker_killed_on_another_machine():
     "With a database storage, a trial whose worker stopped beating is marked failed by the next worker, wherever the dead one ran."
     from mlops_nb.config import TuneSettings
     from mlops_nb.tune import study_storage
-    url = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("postgresql://", "postgresql+psycopg://", 1)
-    try: sqlalchemy.create_engine(url).connect().close()
-    except Exception as e: pytest.skip(f"no PostgreSQL answers at {url}: {e}")
+    url = postgres_url("postgresql+psycopg")
     name = f"beating_{uuid.uuid4().hex[:8]}"
     script = (WORKER.replace("from mlops_nb.tune import journal_storage, run_study", "from mlops_nb.tune import run_study, study_storage")
                     .replace("max_rounds=80", "max_rounds=int(sys.argv[4])")
