@@ -67,6 +67,9 @@ def _ipc_kernel_manager(folder:str):
     class IPCKernelManager(AsyncKernelManager):
         transport = traitlets.CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
         ip = traitlets.Unicode(os.path.join(folder, "kernel"), config=True)  # not the notebook's folder, where a killed kernel's files would stay
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down: return  # a shutdown request follows; the interrupt would only log "KeyboardInterrupt caught in kernel"
+            await super()._async_interrupt_kernel()
     return IPCKernelManager
 
 # %% ../nbs/08_pipeline.ipynb #658016a3
@@ -93,6 +96,7 @@ def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel
     "Execute the notebook; send back None, or why it failed and the exception a cell raised ('' when none did)."
     _die_with_parent(runner)
     for name in [n for n in os.environ if n.startswith("MLOPS_")]: del os.environ[name]  # the run's settings file says it all
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # XGBoost's idle OpenMP threads sleep instead of spinning
     import papermill as pm
     try:
         pm.execute_notebook(source, dest, parameters=params, kernel_name=kernel, cwd=cwd, progress_bar=progress, log_output=False,
