@@ -343,7 +343,7 @@ def rollback(settings:Settings, version:str="") -> dict:
     return {"champion_before": current, "champion_after": target}
 
 @call_parse
-def mlops_rollback(version:str=None, # the version to make champion; default: the previous champion
+def mlops_rollback(version:Param("the version to make champion; default: the previous champion", str, opt=False, nargs="?")=None,
                    config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
                   ):
     "Give the champion alias back to the previous champion (or to VERSION)."
