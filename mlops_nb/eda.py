@@ -94,13 +94,16 @@ def period_shift(reference:pl.DataFrame, current:pl.DataFrame, numeric:list[str]
     return pl.DataFrame(rows, schema={"feature": pl.String, "psi": pl.Float64}).sort("psi", descending=True)
 
 # %% ../nbs/02_eda.ipynb #1865efe5
-def _grid(n:int, width:float=12, height:float=2.8) -> tuple[Figure, list]:
-    fig = Figure(figsize=(width, height*((n + 2)//3)), layout="constrained")
-    return fig, list(fig.subplots(max((n + 2)//3, 1), 3, squeeze=False).flat)
+def _grid(n:int, width:float=12, height:float=2.8, empty:str="nothing to show") -> tuple[Figure, list]:
+    "A figure of `n` panels, three to a row; with none, one row that says `empty`, not an image of height 0."
+    rows = max((n + 2)//3, 1)
+    fig = Figure(figsize=(width, height*rows), layout="constrained")
+    if n == 0: fig.text(0.5, 0.5, empty, ha="center", va="center")
+    return fig, list(fig.subplots(rows, 3, squeeze=False).flat)
 
 def plot_rates(tables:dict[str, pl.DataFrame], target:str) -> Figure:
     "Bar charts of the positive share per value of each category."
-    fig, axes = _grid(len(tables))
+    fig, axes = _grid(len(tables), empty="no categorical feature")
     for ax, (col, table) in zip(axes, tables.items()):
         ax.bar([str(v) for v in table[col].to_list()], table["rate"].to_list(), color="tab:blue")
         ax.set(title=f"{target} rate by {col}", xlabel=col, ylabel=f"share with {target} = 1")
@@ -120,7 +123,7 @@ def plot_over_time(table:pl.DataFrame, target:str, time_column:str) -> Figure:
 def plot_distributions(df:pl.DataFrame, columns:list[str], target:str="late", units:dict|None=None) -> Figure:
     "Histograms of number columns, the two classes overlaid."
     units = units or {}
-    fig, axes = _grid(len(columns))
+    fig, axes = _grid(len(columns), empty="no number feature correlated with the target")
     for ax, col in zip(axes, columns):
         for label, colour in ((0, "tab:blue"), (1, "tab:orange")):
             values = df.filter(pl.col(target) == label)[col].drop_nulls().cast(pl.Float64).to_numpy()
@@ -133,6 +136,7 @@ def plot_distributions(df:pl.DataFrame, columns:list[str], target:str="late", un
 
 def plot_correlations(df:pl.DataFrame, numeric:list[str]) -> Figure:
     "Heat map of the Pearson correlations between number columns."
+    if not numeric: return _grid(0, 8, 2, empty="no number feature")[0]
     corr = df.select(pl.col(numeric).cast(pl.Float64)).fill_null(strategy="mean").corr().fill_nan(0.0).to_numpy()
     fig = Figure(figsize=(0.45*len(numeric) + 3, 0.45*len(numeric) + 2), layout="constrained")
     ax = fig.subplots()
