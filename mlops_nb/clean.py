@@ -43,7 +43,7 @@ def choose_features(df:pl.DataFrame, data:DataSettings, features:FeatureSettings
     "Numeric and categorical raw feature columns: as configured, or inferred from `df`'s types."
     used = {data.target, data.time_column, *data.id_columns, *data.ignore_columns}
     numeric = features.numeric or [c for c, t in df.schema.items() if c not in used and (t.is_numeric() or t == pl.Boolean)]
-    categorical = features.categorical or [c for c, t in df.schema.items() if c not in used and t == pl.String]
+    categorical = features.categorical or [c for c, t in df.schema.items() if c not in used and type_family(t) == "string"]
     missing = [c for c in numeric + categorical if c not in df.columns]
     if missing: raise ValueError(f"features {missing} are not columns of the data; it has {df.columns}")
     return numeric, categorical
@@ -57,7 +57,7 @@ def fit_transform(train:pl.DataFrame, # training rows only
     inputs = sorted(set(numeric) | set(categorical) | {c for e in derived.values() for c in sql_columns(e)})
     _require_inputs(train.schema, inputs)
     df = derive(train, derived)
-    derived_categorical = [n for n in derived if df[n].dtype == pl.String]
+    derived_categorical = [n for n in derived if type_family(df[n].dtype) == "string"]
     numbers = list(numeric) + [n for n in derived if n not in derived_categorical]
     categories = list(categorical) + derived_categorical
     def number_spec(c):

@@ -164,8 +164,9 @@ def eda_report(df:pl.DataFrame, settings:Settings) -> tuple[dict, dict]:
     data, target = settings.data, settings.data.target
     numeric, categorical = choose_features(df, data, settings.features)
     df = derive(df, settings.features.derived)
-    numeric += [n for n in settings.features.derived if df[n].dtype != pl.String]
-    categorical += [n for n in settings.features.derived if df[n].dtype == pl.String]
+    derived_categorical = [n for n in settings.features.derived if type_family(df[n].dtype) == "string"]
+    numeric += [n for n in settings.features.derived if n not in derived_categorical]
+    categorical += derived_categorical
     times = df[data.time_column]
     split = resolve_split(settings.split, times)
     train = df.filter(times < boundary(split.valid_from, times))
