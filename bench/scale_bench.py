@@ -5,8 +5,8 @@ training time in one process against Dask (2 workers x 1 thread) on generated fl
     .venv/bin/python bench/scale_bench.py --sizes 200000 --window 20 --tune-train 50000 --tune-valid 20000   # a quick try
 
 1. Data. For each size N, `mlops_nb.synthetic.generate_flights(N, seed=0)` joined and labelled as the ingest stage
-   does (`join_sources`, `label_rows`), cleaned and split by time as the clean stage does (`drop_ignored`,
-   `drop_unusable`, `split_by_time`, `fit_transform` on the training months), written as `clean/train.parquet`,
+   does (`join_sources`, `label_rows`), cleaned and split by time as the clean stage does
+   (`usable_rows`, `split_by_time`, `fit_transform` on the training months), written as `clean/train.parquet`,
    `clean/valid.parquet`, `clean/test.parquet` and `clean/transform.json` in a run folder.
 2. Tuning throughput. A seeded sample of the smallest size's splits (`--tune-train`, `--tune-valid` rows) is the
    fixed data. For one process on all cores (the tune stage alone) and for 1, 2 and 3 workers with one XGBoost thread
@@ -62,14 +62,14 @@ def prepare(run_dir: str, rows: int) -> dict:
     "Generated flights through the ingest and clean stages' functions, left as the clean stage leaves them."
     from mlops_nb.synthetic import generate_flights
     from mlops_nb.ingest import join_sources, label_rows
-    from mlops_nb.clean import drop_ignored, drop_unusable, split_by_time, choose_features, fit_transform, resolve_split
+    from mlops_nb.clean import usable_rows, split_by_time, choose_features, fit_transform, resolve_split
     from mlops_nb.config import write_json
     settings, out = _settings(), Path(run_dir)/"clean"
     d = settings.data
     start = time.perf_counter()
     tables = generate_flights(rows, seed=SEED)
     generated = time.perf_counter()
-    df = drop_unusable(drop_ignored(label_rows(join_sources(tables, d), d), d.ignore_columns), d.target)
+    df, _ = usable_rows(label_rows(join_sources(tables, d), d), d)
     del tables
     parts = split_by_time(df, resolve_split(settings.split, df[d.time_column]), d.time_column, d.target)
     del df

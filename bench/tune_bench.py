@@ -23,7 +23,7 @@ import optuna
 import polars as pl
 import xgboost as xgb
 
-from mlops_nb.clean import choose_features, drop_ignored, drop_unusable, fit_transform, split_by_time
+from mlops_nb.clean import choose_features, fit_transform, split_by_time, usable_rows
 from mlops_nb.config import load_settings
 from mlops_nb.ingest import read_data
 from mlops_nb.tune import run_study, to_dmatrix, journal_storage
@@ -35,7 +35,7 @@ def data(rows: int) -> tuple[xgb.DMatrix, xgb.DMatrix, dict]:
     "Training and validation matrices from the bundled flights, with the library's own transformation."
     settings = load_settings(environ={})
     d = settings.data
-    df = drop_unusable(drop_ignored(read_data(d), d.ignore_columns), d.target)
+    df, _ = usable_rows(read_data(d), d)
     parts = split_by_time(df, settings.split, d.time_column, d.target)
     train = parts["train"].sample(min(rows, parts["train"].height), seed=0)
     spec = fit_transform(train, *choose_features(train, d, settings.features), settings.features, d.target)

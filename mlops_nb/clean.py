@@ -20,7 +20,7 @@ from .contract import schema_of, sql_columns, type_family
 from .ingest import load_stage_snapshot, read_snapshot
 
 # %% auto #0
-__all__ = ['log', 'SPLITS', 'drop_ignored', 'drop_unusable', 'choose_features', 'fit_transform', 'sql_expression', 'derive',
+__all__ = ['log', 'SPLITS', 'drop_ignored', 'usable_rows', 'choose_features', 'fit_transform', 'sql_expression', 'derive',
            'category_codes', 'transform_plan', 'run_plan', 'apply_transform', 'MatrixPlan', 'boundary', 'resolve_split',
            'split_by_time', 'clean_stage', 'load_split', 'load_transform']
 
@@ -32,9 +32,12 @@ def drop_ignored(df:pl.DataFrame, columns:list[str]) -> pl.DataFrame:
     "`df` without `columns` (those absent are skipped)."
     return df.drop([c for c in columns if c in df.columns])
 
-def drop_unusable(df:pl.DataFrame, target:str="late") -> pl.DataFrame:
-    "Rows with a label, each once."
-    return df.filter(pl.col(target).is_not_null()).unique(maintain_order=True)
+def usable_rows(df:pl.DataFrame, data:DataSettings) -> tuple[pl.DataFrame, dict]:
+    "Rows with a label, each once (judged on the whole row), without the ignored columns; and how many rows each step removed."
+    labelled = df.filter(pl.col(data.target).is_not_null())
+    unique = labelled.unique(maintain_order=True)
+    removed = {"unlabelled": df.height - labelled.height, "duplicates": labelled.height - unique.height}
+    return drop_ignored(unique, data.ignore_columns), removed
 
 # %% ../nbs/03_clean.ipynb #fa608223
 _CASTS = {"int": pl.Int64, "float": pl.Float64, "string": pl.String, "bool": pl.Boolean}
@@ -197,7 +200,7 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     import mlflow
     snapshot = load_stage_snapshot(run_dir)
     data = settings.data
-    df = drop_unusable(drop_ignored(read_snapshot(snapshot), data.ignore_columns), data.target)
+    df, removed = usable_rows(read_snapshot(snapshot), data)
     split = resolve_split(settings.split, df[data.time_column])
     parts = split_by_time(df, split, data.time_column, data.target)
     numeric, categorical = choose_features(parts["train"], data, settings.features)
@@ -207,10 +210,11 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
         write_json(out/"transform.json", spec)
         rows = {name: part.height for name, part in parts.items()}
         with stage_run(settings, "03_clean", parent_run_id):
-            mlflow.log_params({f"rows_{k}": v for k, v in rows.items()} | {"valid_from": split.valid_from, "test_from": split.test_from})
+            mlflow.log_params({f"rows_{k}": v for k, v in (rows | removed).items()} | {"valid_from": split.valid_from, "test_from": split.test_from})
             mlflow.log_dict(spec, "transform.json")
-        summary = f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows"
-        info = {"rows": rows, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
+        summary = (f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
+                   f"({removed['unlabelled']:,} without a label and {removed['duplicates']:,} duplicates removed)")
+        info = {"rows": rows, "removed": removed, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
                 "split": {"valid_from": split.valid_from, "test_from": split.test_from}}
         write_json(out/"clean.json", info)
     log.info("clean: %s", summary)

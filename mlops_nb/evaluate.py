@@ -497,7 +497,7 @@ def find_version(settings:Settings, ref:str) -> str:
 def reproduce(settings:Settings, version:str) -> dict:
     "Rebuild a registered version from its recorded inputs; whether its predictions match, within 1e-9."
     import mlflow
-    from mlops_nb.clean import choose_features, drop_ignored, drop_unusable, fit_transform, split_by_time
+    from mlops_nb.clean import choose_features, fit_transform, split_by_time, usable_rows
     from mlops_nb.ingest import read_snapshot
     from mlops_nb.tune import to_dmatrix, train_booster
     use_tracking(settings)
@@ -508,8 +508,7 @@ def reproduce(settings:Settings, version:str) -> dict:
     snapshot = settings.snapshots_dir/f"{mv.tags['data_digest']}.parquet"
     if not snapshot.exists(): raise FileNotFoundError(f"the snapshot {snapshot} that v{version} was trained on is not stored here")
     d = settings.data
-    parts = split_by_time(drop_unusable(drop_ignored(read_snapshot({"path": snapshot}), d.ignore_columns), d.target),
-                          settings.split, d.time_column, d.target)
+    parts = split_by_time(usable_rows(read_snapshot({"path": snapshot}), d)[0], settings.split, d.time_column, d.target)
     spec = fit_transform(parts["train"], *choose_features(parts["train"], d, settings.features), settings.features, d.target)
     params = mlflow.artifacts.load_dict(f"runs:/{mv.tags['tuning_run_id']}/tuning/best_params.json")
     booster, _ = train_booster(params, to_dmatrix(parts["train"], spec), to_dmatrix(parts["valid"], spec), settings.tune)
