@@ -39,6 +39,7 @@ def test_run_shows_progress_and_a_line_per_stage(trained):
     for stage in ("01_ingest", "02_eda", "03_clean", "04_tune", "05_evaluate"):
         assert re.search(rf"{stage}: +\d+%\|.*\| \d+/\d+ \[.*cell", console), stage  # the stage's bar, in cells
         assert len(re.findall(rf"\] {stage} ok in [0-9.]+s: ", console)) == 1  # and one log line
+    assert "KeyboardInterrupt" not in console  # no kernel is interrupted on its way to shutdown
 
 
 @pytest.fixture(scope="module")
