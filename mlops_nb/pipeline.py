@@ -31,9 +31,9 @@ import mlops_nb
 from .config import PipelineSettings, Settings, git_commit, load_settings, save_settings, sha256_file, use_tracking, write_json, read_json
 
 # %% auto #0
-__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'kill_tree', 'execute_bounded',
-           'execute_stage', 'RunLocked', 'run_lock', 'Unreachable', 'is_transient', 'with_retries', 'package_versions',
-           'run_pipeline', 'stage_outputs', 'mlops_run', 'run_summaries', 'mlops_runs']
+__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'kill_tree', 'pipeline_notebook',
+           'execute_bounded', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable', 'is_transient', 'with_retries',
+           'package_versions', 'run_pipeline', 'stage_outputs', 'mlops_run', 'run_summaries', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -92,6 +92,18 @@ def _die_with_parent(parent:int):
         kill_tree(os.getpid())
     threading.Thread(target=watch, daemon=True).start()
 
+def _runs_in_pipeline(cell) -> bool:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return (cell["cell_type"] == "markdown" or "parameters" in tags or "pipeline" in tags
+            or bool(re.match(r"(#\|.*\n)*#\|\s*export\s*$", cell["source"], re.M)))
+
+def pipeline_notebook(source:Path):
+    "Notebook `source` as a headless run executes it: its prose, its definitions (`#| export`), its parameters and the cells tagged `pipeline`; not its tests."
+    import nbformat
+    nb = nbformat.read(source, as_version=4)
+    nb.cells = [c for c in nb.cells if _runs_in_pipeline(c)]
+    return nb
+
 def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel:str, cwd:str, start_timeout:float, progress:dict|bool, sockets:str):
     "Execute the notebook; send back None, or why it failed and the exception a cell raised ('' when none did)."
     _die_with_parent(runner)
@@ -99,7 +111,7 @@ def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # XGBoost's idle OpenMP threads sleep instead of spinning
     import papermill as pm
     try:
-        pm.execute_notebook(source, dest, parameters=params, kernel_name=kernel, cwd=cwd, progress_bar=progress, log_output=False,
+        pm.execute_notebook(pipeline_notebook(source), dest, parameters=params, kernel_name=kernel, cwd=cwd, progress_bar=progress, log_output=False,
                             start_timeout=start_timeout, kernel_manager_class=_ipc_kernel_manager(sockets))
         conn.send(None)
     except pm.PapermillExecutionError as e: conn.send((f"failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}", f"{e.ename}: {e.evalue}"))
@@ -112,7 +124,7 @@ def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel
 def execute_bounded(source:Path, dest:Path, params:dict, kernel:str, cwd:Path, timeout:float, start_timeout:float=60.0,
                     progress:dict|bool=False, # papermill's progress bar: False, or tqdm's arguments
                    ) -> tuple[str, str]|None:
-    "Execute notebook `source` into `dest` within `timeout` seconds; None, or why it failed and the exception a cell raised ('' when none did)."
+    "Execute notebook `source` (`pipeline_notebook`'s cells) into `dest` within `timeout` seconds; None, or why it failed and the exception a cell raised ('' when none did)."
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or locks inherited from the runner
     receive, send = ctx.Pipe(duplex=False)

@@ -177,7 +177,8 @@ def test_kernel_killed_by_a_cell_fails_the_run_and_keeps_the_champion(project, t
     shutil.copytree(ROOT/"nbs", nbs)
     eda = nbformat.read(nbs/"02_eda.ipynb", as_version=4)
     after_parameters = next(i for i, c in enumerate(eda.cells) if "parameters" in c.metadata.get("tags", [])) + 1
-    eda.cells.insert(after_parameters, nbformat.v4.new_code_cell("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    eda.cells.insert(after_parameters, nbformat.v4.new_code_cell("import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+                                                                 metadata={"tags": ["pipeline"]}))
     nbformat.write(eda, nbs/"02_eda.ipynb")
     started = time.perf_counter()
     result = cli(project, "mlops_run", "--run_id", "kernel-killed", MLOPS_PIPELINE__NOTEBOOKS_DIR=str(nbs))

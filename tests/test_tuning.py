@@ -158,9 +158,9 @@ def test_heartbeat_fails_the_trial_of_a_worker_killed_on_another_machine():
         while time.time() < deadline:
             try: running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
             except KeyError: running = []
-            if running: break
+            if running and running[0].intermediate_values: break  # training, so its heartbeat has begun
             time.sleep(0.2)
-        else: pytest.fail("the first worker never started a trial")
+        else: pytest.fail("the first worker never got into a trial")
     finally: first.kill(); first.wait()
     [orphan] = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
     storage.set_trial_user_attr(orphan._trial_id, "worker", "another-machine:1")  # its process cannot be looked up from here
