@@ -9,7 +9,7 @@ UV := $(PYTHON) -m uv
 
 .PHONY: run test test-all venv demo lab lock readme sync-check bench docs clean
 
-## run: create the environment, run the pipeline on the full data, serve the champion and ask it once
+## run: create the environment, run the pipeline on the full flights example (examples/flights.toml), serve the champion and ask it once
 run: venv
 	$(BIN)/mlops_run
 	@$(MAKE) --no-print-directory demo
@@ -22,6 +22,9 @@ test: venv
 ## test-all: `make test`, then the slow tier: replays, fault injection, scale-out, load and the browser (what CI runs)
 test-all: test
 	$(BIN)/pytest -q -m slow
+
+# the worked example; a settings file of your own (mlops_init writes one) is named the same way, or is ./mlops.toml
+run demo: export MLOPS_CONFIG ?= examples/flights.toml
 
 # XGBoost's OpenMP threads spin while they wait: beside the servers and kernels of the tests they only steal the cores
 test test-all: export OMP_WAIT_POLICY = PASSIVE

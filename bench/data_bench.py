@@ -53,10 +53,11 @@ def _peak_mb() -> float:
 
 
 def _settings(work: Path):
-    "Default data settings, with the sources pointing at the synthetic Parquet files."
-    from mlops_nb.config import DataSettings, SourceSettings
+    "The flights example's data settings, with the sources pointing at the synthetic Parquet files."
+    import msgspec
+    from mlops_nb.config import SourceSettings, example_settings_file, load_settings
     folder = work/"data"
-    return DataSettings(sources={"flights": SourceSettings(uri=str(folder/"flights-*.parquet")),
+    return msgspec.structs.replace(load_settings(example_settings_file(), environ={}).data, sources={"flights": SourceSettings(uri=str(folder/"flights-*.parquet")),
                                  "weather": SourceSettings(uri=str(folder/"weather.parquet")),
                                  "planes": SourceSettings(uri=str(folder/"planes.parquet"))},
                         contract=str(work/"contract.json"))
@@ -67,7 +68,7 @@ def _settings(work: Path):
 def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
     "Generate and write the data; infer the contract and fit the transformation on a sample (not timed against anything)."
     import polars as pl
-    from mlops_nb.config import FeatureSettings, write_json
+    from mlops_nb.config import example_settings_file, load_settings, write_json
     from mlops_nb.synthetic import generate_flights, write_flights
     from mlops_nb.ingest import join_sources, label_rows
     from mlops_nb.contract import infer_contract
@@ -79,7 +80,7 @@ def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
     written = time.perf_counter()
     # The flights are in time order: the first rows are the first days of January, whose ranges
     # (temperatures, say) would make a contract that rejects July. Every k-th row spans the year.
-    data, features = _settings(work), FeatureSettings()
+    data, features = _settings(work), load_settings(example_settings_file(), environ={}).features
     every = max(1, rows//sample_rows)
     sample = {**tables, "flights": tables["flights"].gather_every(every).head(sample_rows)}
     sample = label_rows(join_sources(sample, data), data)

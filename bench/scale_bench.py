@@ -6,7 +6,7 @@ training time in one process against Dask (2 workers x 1 thread) on generated fl
 
 1. Data. For each size N, `mlops_nb.synthetic.generate_flights(N, seed=0)` joined and labelled as the ingest stage
    does (`join_sources`, `label_rows`), cleaned and split by time as the clean stage does
-   (`usable_rows`, `split_by_time`, `fit_transform` on the training months), written as `clean/train.parquet`,
+   (`usable_rows`, `split_rows`, `fit_transform` on the training months), written as `clean/train.parquet`,
    `clean/valid.parquet`, `clean/test.parquet` and `clean/transform.json` in a run folder.
 2. Tuning throughput. A seeded sample of the smallest size's splits (`--tune-train`, `--tune-valid` rows) is the
    fixed data. For one process on all cores (the tune stage alone) and for 1, 2 and 3 workers with one XGBoost thread
@@ -52,8 +52,8 @@ def _peak_mb() -> float:
 
 
 def _settings():
-    from mlops_nb.config import load_settings
-    return load_settings(environ={})
+    from mlops_nb.config import example_settings_file, load_settings
+    return load_settings(example_settings_file(), environ={})
 
 
 # ---- steps, each run in its own process by `_child` -------------------------------------------
@@ -62,7 +62,7 @@ def prepare(run_dir: str, rows: int) -> dict:
     "Generated flights through the ingest and clean stages' functions, left as the clean stage leaves them."
     from mlops_nb.synthetic import generate_flights
     from mlops_nb.ingest import join_sources, label_rows
-    from mlops_nb.clean import usable_rows, split_by_time, choose_features, fit_transform, resolve_split
+    from mlops_nb.clean import usable_rows, split_rows, choose_features, fit_transform
     from mlops_nb.config import write_json
     settings, out = _settings(), Path(run_dir)/"clean"
     d = settings.data
@@ -71,7 +71,7 @@ def prepare(run_dir: str, rows: int) -> dict:
     generated = time.perf_counter()
     df, _ = usable_rows(label_rows(join_sources(tables, d), d), d)
     del tables
-    parts = split_by_time(df, resolve_split(settings.split, df[d.time_column]), d.time_column, d.target)
+    parts, _ = split_rows(df, settings.split, d)
     del df
     spec = fit_transform(parts["train"], *choose_features(parts["train"], d, settings.features), settings.features, d.target)
     out.mkdir(parents=True, exist_ok=True)

@@ -127,10 +127,10 @@ def wrk(url:str, body:Path, script:Path, connections:int, seconds:float) -> dict
 
 def registered_model(folder:Path) -> tuple[Path, dict]:
     "A champion trained on the bundled data (every 10th flight, a short study) in a fresh registry."
-    from mlops_nb.config import load_settings, save_settings, stage_run_dir
+    from mlops_nb.config import example_settings_file, load_settings, save_settings, stage_run_dir
     from mlops_nb.evaluate import load_bundle, train_and_register
     from mlops_nb.ingest import read_snapshot
-    settings = load_settings(environ={}, state_dir=str(folder/"state"), runs_dir=str(folder/"runs"),
+    settings = load_settings(example_settings_file(), environ={}, state_dir=str(folder/"state"), runs_dir=str(folder/"runs"),
                              data={"sample_every": 10}, tune={"n_trials": 5})
     train_and_register(settings, stage_run_dir(settings))
     config = save_settings(settings, folder/"settings.json")

@@ -23,8 +23,8 @@ import optuna
 import polars as pl
 import xgboost as xgb
 
-from mlops_nb.clean import choose_features, fit_transform, split_by_time, usable_rows
-from mlops_nb.config import load_settings
+from mlops_nb.clean import choose_features, fit_transform, split_rows, usable_rows
+from mlops_nb.config import example_settings_file, load_settings
 from mlops_nb.ingest import read_data
 from mlops_nb.tune import run_study, to_dmatrix, journal_storage
 
@@ -33,10 +33,10 @@ HERE = Path(__file__).resolve().parent
 
 def data(rows: int) -> tuple[xgb.DMatrix, xgb.DMatrix, dict]:
     "Training and validation matrices from the bundled flights, with the library's own transformation."
-    settings = load_settings(environ={})
+    settings = load_settings(example_settings_file(), environ={})
     d = settings.data
     df, _ = usable_rows(read_data(d), d)
-    parts = split_by_time(df, settings.split, d.time_column, d.target)
+    parts, _ = split_rows(df, settings.split, d)
     train = parts["train"].sample(min(rows, parts["train"].height), seed=0)
     spec = fit_transform(train, *choose_features(train, d, settings.features), settings.features, d.target)
     return to_dmatrix(train, spec), to_dmatrix(parts["valid"], spec), {"rows_train": train.height, "rows_valid": parts["valid"].height}
@@ -60,7 +60,7 @@ def main() -> dict:
     p.add_argument("--out", default=str(HERE/"results"/"tune.json"))
     args = p.parse_args()
     dtrain, dvalid, sizes = data(args.rows)
-    tune = msgspec.structs.replace(load_settings(environ={}).tune, n_trials=args.trials)
+    tune = msgspec.structs.replace(load_settings(example_settings_file(), environ={}).tune, n_trials=args.trials)
     with tempfile.TemporaryDirectory() as d:
         without = study(dtrain, dvalid, msgspec.structs.replace(tune, pruning=False), Path(d), "without_pruning")
         with_ = study(dtrain, dvalid, msgspec.structs.replace(tune, pruning=True), Path(d), "with_pruning")

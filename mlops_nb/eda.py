@@ -49,8 +49,14 @@ def target_rate_by(df:pl.DataFrame, by:str, target:str="late", top:int|None=None
     return table.sort("rows", descending=True).head(top).sort(by) if top else table.sort(by)
 
 def target_rate_over_time(df:pl.DataFrame, time_column:str, target:str="late", every:str="1w") -> pl.DataFrame:
-    "Rows and positive share per period of `time_column`."
-    return (df.group_by(pl.col(time_column).dt.truncate(every).alias("period"))
+    "Rows and positive share per period of `time_column`: weeks (`every`) of dates and datetimes; each value of a number with few values (a year), else 50 equal bins."
+    t = pl.col(time_column)
+    if df[time_column].dtype.is_temporal(): period = t.dt.truncate(every)
+    elif df[time_column].n_unique() <= 200: period = t
+    else:
+        low, high = df[time_column].min(), df[time_column].max()
+        period = low + ((t - low)/max((high - low)/50, 1e-12)).floor().clip(0, 49)*((high - low)/50)
+    return (df.group_by(period.alias("period"))
               .agg(pl.len().alias("rows"), pl.col(target).mean().alias("rate")).sort("period"))
 
 def target_correlations(df:pl.DataFrame, numeric:list[str], target:str="late") -> pl.DataFrame:
@@ -116,8 +122,12 @@ def plot_over_time(table:pl.DataFrame, target:str, time_column:str) -> Figure:
     "The positive share per period, with the number of rows."
     fig = Figure(figsize=(10, 3.5), layout="constrained")
     ax = fig.subplots()
+    if not time_column:
+        ax.text(0.5, 0.5, "no time column (data.time_column): the rows have no order", ha="center", va="center"); ax.set_axis_off()
+        return fig
     ax.plot(table["period"].to_list(), table["rate"].to_list(), color="tab:blue", marker=".")
-    ax.set(title=f"{target} rate over time", xlabel=f"{time_column} (week)", ylabel=f"share with {target} = 1")
+    ax.set(title=f"{target} rate over time", xlabel=f"{time_column} (week)" if table["period"].dtype.is_temporal() else time_column,
+           ylabel=f"share with {target} = 1")
     return fig
 
 def plot_distributions(df:pl.DataFrame, columns:list[str], target:str="late", units:dict|None=None) -> Figure:
@@ -160,20 +170,18 @@ def plot_shift(shift:pl.DataFrame, threshold:float=0.2, title:str="Shift between
 # %% ../nbs/02_eda.ipynb #b074e168
 def eda_report(df:pl.DataFrame, settings:Settings) -> tuple[dict, dict]:
     "The EDA tables and figures of a labelled table."
-    from mlops_nb.clean import boundary, choose_features, derive, resolve_split
+    from mlops_nb.clean import choose_features, derive, split_rows
     data, target = settings.data, settings.data.target
     numeric, categorical = choose_features(df, data, settings.features)
     df = derive(df, settings.features.derived)
     derived_categorical = [n for n in settings.features.derived if type_family(df[n].dtype) == "string"]
     numeric += [n for n in settings.features.derived if n not in derived_categorical]
     categorical += derived_categorical
-    times = df[data.time_column]
-    split = resolve_split(settings.split, times)
-    train = df.filter(times < boundary(split.valid_from, times))
-    test = df.filter(times >= boundary(split.test_from, times))
+    parts, _ = split_rows(df.filter(pl.col(target).is_not_null()), settings.split, data)
+    train, test = parts["train"], parts["test"]
     correlations = target_correlations(df, numeric, target)
     tables = {"summary": column_summary(df), "missing": missing_table(df), "correlations": correlations,
-              "rate_over_time": target_rate_over_time(df, data.time_column, target),
+              "rate_over_time": target_rate_over_time(df, data.time_column, target) if data.time_column else pl.DataFrame(),
               "shift_train_test": period_shift(train, test, numeric, categorical),
               **{f"rate_by_{c}": target_rate_by(df, c, target, top=25) for c in categorical}}
     strongest = correlations.drop_nulls()["feature"].head(6).to_list()

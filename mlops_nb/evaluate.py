@@ -21,16 +21,16 @@ from fastcore.script import Param, call_parse
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from .config import Settings, SplitSettings, git_commit, load_settings, sha256_file, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
+from .config import EvaluateSettings, Settings, SplitSettings, git_commit, load_settings, sha256_file, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
 from .ingest import redact
-from .clean import apply_transform, load_split, load_transform
+from .clean import apply_transform, describe_split, load_split, load_transform
 from .inference_log import labelled_predictions
 
 # %% auto #0
 __all__ = ['log', 'TRANSFORM_FILE', 'CONTRACT_FILE', 'ModelBundle', 'choose_threshold', 'best_f1_threshold',
-           'classification_metrics', 'calibration_table', 'slice_metrics', 'plot_curves', 'plot_calibration',
-           'contributions', 'shap_importance', 'plot_shap_summary', 'ModelIntegrityError', 'register_model',
-           'load_bundle', 'champion_version', 'one_row_latency_ms', 'gate_checks', 'labelled_window',
+           'classification_metrics', 'calibration_table', 'slice_columns', 'slice_metrics', 'plot_curves',
+           'plot_calibration', 'contributions', 'shap_importance', 'plot_shap_summary', 'ModelIntegrityError',
+           'register_model', 'load_bundle', 'champion_version', 'one_row_latency_ms', 'gate_checks', 'labelled_window',
            'decide_promotion', 'rollback', 'mlops_rollback', 'BehaviourError', 'behaviour_checks', 'require_behaviour',
            'model_card', 'evaluate_stage', 'find_version', 'reproduce', 'mlops_reproduce', 'run_upstream',
            'train_and_register']
@@ -48,10 +48,11 @@ class ModelBundle:
     name: str = ""
     version: str = ""
     data_digest: str = ""
-    train_until: str = ""  # first day after the training rows
+    train_until: str = ""  # first time value after the training rows ('' for a random split)
     contract: dict|None = None  # the data contract the training data kept; the server holds requests to it
     git_commit: str = ""  # the code it was trained with
     run_id: str = ""  # the MLflow run that registered it
+    split: dict|None = None  # the split it was trained with, resolved (SplitSettings' fields)
 
     def predict_proba(self, df:pl.DataFrame) -> np.ndarray:
         "Probability of the positive class for each raw row of `df`."
@@ -94,6 +95,11 @@ def calibration_table(y:np.ndarray, proba:np.ndarray, bins:int=10) -> pl.DataFra
     df = pl.DataFrame({"p": proba, "y": y}).with_columns(pl.col("p").clip(0, 1 - 1e-12).mul(bins).floor().alias("bin"))
     return (df.group_by("bin").agg(pl.len().alias("rows"), pl.col("p").mean().alias("predicted"), pl.col("y").mean().alias("observed"))
               .sort("bin"))
+
+def slice_columns(ev:EvaluateSettings, spec:dict, rows:pl.DataFrame) -> list[str]:
+    "The columns judged per value: `ev.slices`, or the model's categorical features with at most `ev.max_slice_values` values in `rows`."
+    if ev.slices: return ev.slices
+    return [c for c in spec["categorical"] if c in rows.columns and rows[c].n_unique() <= ev.max_slice_values]
 
 def slice_metrics(df:pl.DataFrame, proba:np.ndarray, target:str, threshold:float, columns:list[str], min_rows:int=200) -> pl.DataFrame:
     "ROC AUC, precision and recall per value of each slice column (slices of `min_rows` or more), weakest first."
@@ -193,7 +199,7 @@ def register_model(settings:Settings, bundle:ModelBundle, example:pl.DataFrame, 
         info = mlflow.xgboost.log_model(
             bundle.booster, name="model", model_format="ubj", input_example=features,
             signature=infer_signature(features, bundle.booster.inplace_predict(features.to_numpy())),
-            metadata={"threshold": bundle.threshold, "data_digest": bundle.data_digest, "train_until": bundle.train_until},
+            metadata={"threshold": bundle.threshold, "data_digest": bundle.data_digest, "train_until": bundle.train_until, "split": bundle.split},
             extra_files=[str(p) for p in extra], pip_requirements=[f"xgboost=={xgb.__version__}"],
             registered_model_name=settings.model_name)
     version = str(info.registered_model_version)
@@ -238,7 +244,7 @@ def load_bundle(settings:Settings, alias:str="", version:str="") -> ModelBundle:
     meta = model.metadata or {}
     return ModelBundle(booster, spec, float(meta["threshold"]), settings.model_name, str(mv.version),
                        meta.get("data_digest", ""), meta.get("train_until", ""), contract,
-                       mv.tags.get("git_commit", ""), mv.run_id or "")
+                       mv.tags.get("git_commit", ""), mv.run_id or "", meta.get("split"))
 
 def champion_version(settings:Settings, alias:str="champion") -> str|None:
     "The version that holds `alias`, or None when no version does."
@@ -273,8 +279,9 @@ def gate_checks(settings:Settings, challenger:ModelBundle, test:pl.DataFrame, ch
     checks.append({"check": "gain", "value": challenger_auc - champion_auc, "limit": g.min_gain,
                    "passed": challenger_auc - champion_auc > g.min_gain, "champion_roc_auc": champion_auc})
     ev = settings.evaluate
-    mine = slice_metrics(test, challenger.predict_proba(test), target, challenger.threshold, ev.slices, ev.min_slice_rows)
-    theirs = slice_metrics(test, champion.predict_proba(test), target, champion.threshold, ev.slices, ev.min_slice_rows)
+    columns = slice_columns(ev, challenger.spec, test)
+    mine = slice_metrics(test, challenger.predict_proba(test), target, challenger.threshold, columns, ev.min_slice_rows)
+    theirs = slice_metrics(test, champion.predict_proba(test), target, champion.threshold, columns, ev.min_slice_rows)
     both = mine.join(theirs, on=["slice", "value"], suffix="_champion").with_columns(
         (pl.col("roc_auc_champion") - pl.col("roc_auc")).alias("drop")).sort("drop", descending=True)
     worst = both.row(0, named=True) if both.height else None
@@ -403,8 +410,7 @@ decision aid: a flagged row is more likely positive, not certainly so.
 ## Data
 - Snapshot digest: `{digest}`
 - Sources: {", ".join(f"{n} (`{redact(s.uri)}`)" for n, s in d.sources.items())}
-- Training rows before {sp.valid_from} ({rows["train"]:,}), validation from {sp.valid_from} to {sp.test_from}
-  ({rows["valid"]:,}), test from {sp.test_from} ({rows["test"]:,}); split on `{d.time_column}`.
+- Split {describe_split(sp, d)}: {rows["train"]:,} training, {rows["valid"]:,} validation and {rows["test"]:,} test rows.
 
 ## Performance on the test period
 {_table(metrics, ["metric", "value"])}
@@ -422,7 +428,7 @@ Confusion matrix at the threshold: {scores["tp"]:,} true positives, {scores["fp"
 {_table(importance.head(10).to_dicts(), ["feature", "mean_abs_contribution"])}
 
 ## Limitations
-- Trained on data up to {sp.valid_from}; behaviour drifts as the world moves on (monitoring checks it).
+- {f"Trained on data up to {sp.valid_from}" if d.time_column else "Trained on a random share of rows, without regard to time"}; behaviour drifts as the world moves on (monitoring checks it).
 - Categories never seen in training are treated as missing; values outside the data contract are refused by the server.
 - Probabilities are calibrated only as well as the reliability diagram shows; slices above are where errors concentrate.
 
@@ -439,10 +445,10 @@ def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dic
     booster, tuned = xgb.Booster(model_file=str(Path(run_dir)/"tune"/"model.ubj")), read_json(Path(run_dir)/"tune"/"best.json")
     cleaned = read_json(Path(run_dir)/"clean"/"clean.json")
     digest = cleaned["data_digest"]
-    settings = msgspec.structs.replace(settings, split=SplitSettings(**cleaned["split"]))  # the dates the clean stage split at
+    settings = msgspec.structs.replace(settings, split=SplitSettings(**cleaned["split"]))  # the split as the clean stage resolved it
     contract = read_json(settings.data.contract) if Path(settings.data.contract).exists() else None
-    bundle = ModelBundle(booster, load_transform(run_dir), data_digest=digest, train_until=settings.split.valid_from,
-                         name=settings.model_name, contract=contract)
+    bundle = ModelBundle(booster, load_transform(run_dir), data_digest=digest, name=settings.model_name, contract=contract,
+                         train_until=settings.split.valid_from if settings.data.time_column else "", split=cleaned["split"])
     valid, test = load_split(run_dir, "valid"), load_split(run_dir, "test")
     target = bundle.spec["target"]
     with stage_folder(run_dir, "evaluate") as out:
@@ -453,7 +459,7 @@ def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dic
         bundle.threshold, threshold_reason = choose_threshold(valid[target].to_numpy(), bundle.predict_proba(valid), rule)
         y, proba = test[target].to_numpy(), bundle.predict_proba(test)
         scores = classification_metrics(y, proba, bundle.threshold)
-        slices = slice_metrics(test, proba, target, bundle.threshold, settings.evaluate.slices, settings.evaluate.min_slice_rows)
+        slices = slice_metrics(test, proba, target, bundle.threshold, slice_columns(settings.evaluate, bundle.spec, test), settings.evaluate.min_slice_rows)
         sample = apply_transform(test.sample(min(test.height, 1000), seed=0), bundle.spec).to_numpy()
         contribs = contributions(booster, sample)  # exact TreeSHAP: about 5 ms a row for a deep model, so a sample
         tables = {"slices": slices, "calibration": calibration_table(y, proba), "shap_importance": shap_importance(contribs, booster.feature_names)}
@@ -500,7 +506,7 @@ def find_version(settings:Settings, ref:str) -> str:
 def reproduce(settings:Settings, version:str) -> dict:
     "Rebuild a registered version from its recorded inputs; whether its predictions match, within 1e-9."
     import mlflow
-    from mlops_nb.clean import choose_features, fit_transform, split_by_time, usable_rows
+    from mlops_nb.clean import choose_features, fit_transform, split_rows, usable_rows
     from mlops_nb.ingest import read_snapshot
     from mlops_nb.tune import to_dmatrix, train_booster
     use_tracking(settings)
@@ -511,7 +517,8 @@ def reproduce(settings:Settings, version:str) -> dict:
     snapshot = settings.snapshots_dir/f"{mv.tags['data_digest']}.parquet"
     if not snapshot.exists(): raise FileNotFoundError(f"the snapshot {snapshot} that v{version} was trained on is not stored here")
     d = settings.data
-    parts = split_by_time(usable_rows(read_snapshot({"path": snapshot}), d)[0], settings.split, d.time_column, d.target)
+    split = SplitSettings(**registered.split) if registered.split else settings.split  # as resolved when it was trained
+    parts, _ = split_rows(usable_rows(read_snapshot({"path": snapshot}), d)[0], split, d)
     spec = fit_transform(parts["train"], *choose_features(parts["train"], d, settings.features), settings.features, d.target)
     params = mlflow.artifacts.load_dict(f"runs:/{mv.tags['tuning_run_id']}/tuning/best_params.json")
     booster, _ = train_booster(params, to_dmatrix(parts["train"], spec), to_dmatrix(parts["valid"], spec), settings.tune)

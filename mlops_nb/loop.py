@@ -22,7 +22,7 @@ import polars as pl
 from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
-from .config import Settings, load_settings, read_json, save_settings, write_json
+from .config import Settings, example_settings_file, load_settings, read_json, save_settings, write_json
 from .pipeline import RunLocked, StageFailed, Unreachable, run_pipeline
 
 # %% auto #0
@@ -209,7 +209,7 @@ def replay(settings:Settings, home:Path, months:list[int]) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     settings = replay_settings(settings, home)
     source = settings.data.sources[settings.data.source]
-    original = load_settings(environ={}).data  # where the bundled flights come from
+    original = load_settings(example_settings_file(), environ={}).data  # where the bundled flights come from
     flights = read_source(original.sources[original.source], original.source)
     flights.filter(pl.col("month") < months[0]).write_parquet(source.uri)
     everything = read_data(msgspec.structs.replace(settings.data, sources=original.sources))  # each month's requests, and their outcomes

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
-from .config import AlertRule, MonitorSettings, Settings, load_settings, read_json, write_json
-from .clean import boundary, transform_plan
+from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings, read_json, write_json
+from .clean import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
 from .evaluate import ModelBundle, load_bundle
 from .ingest import read_snapshot
@@ -196,8 +196,10 @@ def estimated_performance(p:np.ndarray, predicted:np.ndarray) -> dict:
 def training_reference(settings:Settings, bundle:ModelBundle, max_rows:int=50_000, seed:int=0) -> pl.DataFrame:
     "A sample of the rows the model was trained on."
     snapshot = read_snapshot({"path": settings.snapshots_dir/f"{bundle.data_digest}.parquet"})
-    times = snapshot[settings.data.time_column]
-    train = snapshot.filter(times < boundary(bundle.train_until, times))
+    if bundle.split: train = split_rows(usable_rows(snapshot, settings.data)[0], SplitSettings(**bundle.split), settings.data)[0]["train"]
+    else:  # registered before the split was recorded with the model
+        times = snapshot[settings.data.time_column]
+        train = snapshot.filter(times < boundary(bundle.train_until, times))
     return train.sample(min(max_rows, train.height), seed=seed)
 
 def window_table(logged:pl.DataFrame, feedback:pl.DataFrame, bundle:ModelBundle, reference:pl.DataFrame,

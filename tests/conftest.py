@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+FLIGHTS = ROOT/"examples"/"flights.toml"  # the worked example's settings
 EXAMPLE = json.loads((ROOT/"examples"/"predict_request.json").read_text())
 
 
@@ -33,8 +34,8 @@ def clean_environ(**extra) -> dict:
 
 
 def small_project_environ(home:Path, **extra) -> dict:
-    "The environment of a small project in `home`: every 40th flight, 3 trials of at most 60 rounds, a loose latency budget."
-    return clean_environ(MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"),
+    "The environment of a small project in `home`: the flights example, every 40th flight, 3 trials of at most 60 rounds, a loose latency budget."
+    return clean_environ(MLOPS_CONFIG=str(FLIGHTS), MLOPS_DATA__CONTRACT=str(home/"contracts"/"flights.json"), MLOPS_STATE_DIR=str(home/"state"), MLOPS_RUNS_DIR=str(home/"runs"),
                          MLOPS_DATA__SAMPLE_EVERY="40", MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="60",
                          MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"),
                          MLOPS_GATE__LATENCY_BUDGET_MS="500",  # tests share two cores

@@ -11,27 +11,14 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from conftest import BIN, ROOT, clean_environ
+from conftest import BIN, FLIGHTS, ROOT, clean_environ
 from mlops_nb.config import load_settings
 
 # Small and quick; a rule that every window breaks and a gate that lets every model through, so the
 # test can tell what must happen: each month raises a new incident, which retrains, which promotes.
-SETTINGS = """
-[data]
-sample_every = 40
-[tune]
-n_trials = 3
-max_rounds = 60
-[gate]
-latency_budget_ms = 500
-min_gain = -1.0
-max_slice_drop = 1.0
-max_window_drop = 1.0
-[[monitor.alerts]]
-name = "traffic"
-metric = "rows"
-above = 0
-"""
+SETTINGS = {"MLOPS_CONFIG": str(FLIGHTS), "MLOPS_DATA__SAMPLE_EVERY": "40", "MLOPS_TUNE__N_TRIALS": "3", "MLOPS_TUNE__MAX_ROUNDS": "60",
+            "MLOPS_GATE__LATENCY_BUDGET_MS": "500", "MLOPS_GATE__MIN_GAIN": "-1.0", "MLOPS_GATE__MAX_SLICE_DROP": "1.0",
+            "MLOPS_GATE__MAX_WINDOW_DROP": "1.0", "MLOPS_MONITOR__ALERTS": json.dumps([{"name": "traffic", "metric": "rows", "above": 0}])}
 
 
 def clean_env(**extra):
@@ -42,8 +29,7 @@ def clean_env(**extra):
 def replayed(tmp_path_factory):
     "The folder of a shortened replay of July and August, and what it printed."
     folder = tmp_path_factory.mktemp("loop")
-    (folder/"mlops.toml").write_text(SETTINGS)
-    result = subprocess.run([str(BIN/"mlops_replay"), "--first", "7", "--last", "8"], cwd=folder, env=clean_env(),
+    result = subprocess.run([str(BIN/"mlops_replay"), "--first", "7", "--last", "8"], cwd=folder, env=clean_env(**SETTINGS),
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
     return folder/"replay", result.stdout
@@ -65,7 +51,7 @@ def test_replay_serves_monitors_retrains_and_promotes(replayed):
     assert "2013-08: served by v2" in printed and "champion at the end: v3" in printed
     # retraining read the newly labelled months: the last run tested on August
     last_run = json.loads((Path(home/"runs")/months[-1]["retrain"]["run_id"]/"clean"/"clean.json").read_text())
-    assert last_run["split"] == {"valid_from": "2013-07-01", "test_from": "2013-08-01"}
+    assert (last_run["split"]["valid_from"], last_run["split"]["test_from"]) == ("2013-07-01", "2013-08-01")
 
 
 @pytest.mark.slow

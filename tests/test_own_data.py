@@ -1,5 +1,6 @@
 """Bring your own data: a table of a different shape (other columns and types, a boolean target, no
-join), described only by a settings file, goes through the whole pipeline, the server and monitoring."""
+join), described only by a short settings file (the defaults suit any table), goes through the whole
+pipeline, the server and monitoring."""
 import json
 import subprocess
 from datetime import datetime, timedelta, timezone
@@ -21,11 +22,7 @@ experiment = "machines"
 model_name = "machine_failure"
 
 [data]
-source = "readings"
-joins = []
-keep_rows = ""
 target = "failed"
-target_rule = ""
 time_column = "reading_at"
 id_columns = ["machine_id", "reading_at"]
 ignore_columns = ["machine_id"]
@@ -36,8 +33,6 @@ uri = "readings.csv"
 datetimes = { reading_at = "" }
 
 [features]
-numeric = []
-categorical = []
 derived = { hour = "EXTRACT(HOUR FROM reading_at)" }
 units = { temperature = "°C", vibration = "mm/s" }
 
@@ -48,11 +43,9 @@ test_from = "2024-11-01"
 [tune]
 n_trials = 3
 max_rounds = 60
-monotone = {}
 
 [evaluate]
 slices = ["site", "model"]
-behaviour = [{ check = "batch_invariance" }]
 """
 
 
