@@ -9,6 +9,7 @@ import gc
 import hmac
 import itertools
 import json
+import keyword
 import logging
 import math
 import os
@@ -43,9 +44,9 @@ from .evaluate import ModelBundle, champion_version, load_bundle
 from .inference_log import InferenceLog
 
 # %% auto #0
-__all__ = ['log', 'LATENCY_BUCKETS', 'field_type', 'request_type', 'RequestError', 'example_row', 'Served', 'top_contributions',
-           'Batcher', 'ServerMetrics', 'Server', 'Contribution', 'Prediction', 'PredictResponse', 'Feedback',
-           'ErrorBody', 'create_app', 'mlops_serve']
+__all__ = ['log', 'LATENCY_BUCKETS', 'field_type', 'attribute_names', 'request_type', 'RequestError', 'example_row', 'Served',
+           'top_contributions', 'Batcher', 'ServerMetrics', 'Server', 'Contribution', 'Prediction', 'PredictResponse',
+           'Feedback', 'ErrorBody', 'create_app', 'mlops_serve']
 
 # %% ../nbs/06_serve.ipynb #aa80976f
 log = logging.getLogger(__name__)
@@ -63,13 +64,19 @@ def field_type(family:str, rules:dict|None, strict:bool=True) -> Any:
     if base is str and rules.get("unknown") == "reject": base = Literal[tuple(rules["categories"])]
     return base | None if rules.get("nullable", True) else base
 
+def attribute_names(columns) -> dict[str, str]:
+    "Each column's attribute name on a request's structs: the column's own name when it is a Python identifier ('mean radius' is not)."
+    return {c: c if c.isidentifier() and not keyword.iskeyword(c) and not c.startswith("_") else f"column_{i}" for i, c in enumerate(columns)}
+
 def request_type(spec:dict, contract:dict|None, max_rows:int, strict:bool=True) -> type:
     "A msgspec Struct for prediction requests against the transformation `spec` and its data contract."
     columns = (contract or {}).get("columns", {})
     types = {c: field_type(t, columns.get(c), strict) for c, t in spec["inputs"].items()}
+    attrs = attribute_names(types)
     def rows(t): return Annotated[list[t], msgspec.Meta(min_length=1, max_length=max_rows)]
-    row = msgspec.defstruct("Row", list(types.items()), forbid_unknown_fields=True)
-    cols = msgspec.defstruct("Columns", [(c, rows(t)) for c, t in types.items()], forbid_unknown_fields=True)
+    rename = {attrs[c]: c for c in types}  # in JSON, every field has its column's name
+    row = msgspec.defstruct("Row", [(attrs[c], t) for c, t in types.items()], forbid_unknown_fields=True, rename=rename)
+    cols = msgspec.defstruct("Columns", [(attrs[c], rows(t)) for c, t in types.items()], forbid_unknown_fields=True, rename=rename)
     return msgspec.defstruct("PredictRequest", [("rows", rows(row) | None, None), ("columns", cols | None, None)],
                              forbid_unknown_fields=True)
 
@@ -133,6 +140,7 @@ class Served:
         self.strict = msgspec.json.Decoder(self.request_type)
         self.loose = msgspec.json.Decoder(request_type(spec, contract, self.max_rows, strict=False))
         self.schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in spec["inputs"].items()}
+        self.attributes = attribute_names(self.schema)
         self.example = example_row(spec, contract)
         self.plan = MatrixPlan.compile(spec, pl.Schema(self.schema))  # built once: a request only runs it
 
@@ -153,8 +161,8 @@ class Served:
     def _columns(self, request) -> dict[str, list]:
         if (request.rows is None) == (request.columns is None):
             raise RequestError(400, 'send exactly one of "rows" (records) or "columns" (one list per field)', "validation")
-        if request.rows is not None: return {c: [getattr(r, c) for r in request.rows] for c in self.schema}
-        lists = {c: getattr(request.columns, c) for c in self.schema}
+        if request.rows is not None: return {c: [getattr(r, a) for r in request.rows] for c, a in self.attributes.items()}
+        lists = {c: getattr(request.columns, a) for c, a in self.attributes.items()}
         lengths = {c: len(v) for c, v in lists.items()}
         if len(set(lengths.values())) > 1:
             n = max(set(lengths.values()), key=list(lengths.values()).count)

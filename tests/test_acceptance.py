@@ -1,0 +1,138 @@
+"""A new user's first attempt, on real tables that ship inside PyPI packages (none of them flights): `mlops_init`
+writes the settings, then `mlops_run`, `mlops_serve`, feedback and `mlops_monitor` each work at the first try,
+with no edit to what `mlops_init` wrote.
+
+- breast cancer (scikit-learn): 569 rows, 30 number columns with spaces in their names, no time at all;
+- penguins (palmerpenguins): 344 rows, categorical columns, gaps, a text label with gaps, a year column;
+- Seattle weather (vega_datasets): 1,461 days, the date as text, a label made by a rule."""
+import json
+import shutil
+import subprocess
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from conftest import BIN, ROOT, clean_environ, free_port
+from mlops_nb.config import DataSettings, load_settings
+from mlops_nb.evaluate import load_bundle
+from mlops_nb.ingest import label_rows
+
+
+def package_file(package:str, *parts:str) -> Path:
+    return Path(find_spec(package).submodule_search_locations[0]).joinpath(*parts)
+
+
+def breast_cancer(folder:Path) -> Path:
+    from sklearn.datasets import load_breast_cancer
+    pl.from_pandas(load_breast_cancer(as_frame=True).frame).write_csv(folder/"breast_cancer.csv")
+    return folder/"breast_cancer.csv"
+
+
+def penguins(folder:Path) -> Path:
+    return Path(shutil.copy(package_file("palmerpenguins", "data", "penguins.csv"), folder))
+
+
+def seattle_weather(folder:Path) -> Path:
+    return Path(shutil.copy(package_file("vega_datasets", "_data", "seattle-weather.csv"), folder))
+
+
+# table, its file, mlops_init's arguments beyond the file, and what the run must have found
+TABLES = {
+    "breast_cancer": (breast_cancer, ["--target", "target"], {"time_column": "", "features": 30}),
+    "penguins": (penguins, ["--target", "sex = 'male'", "--time", "year"], {"time_column": "year", "features": 6, "unlabelled": 11}),
+    "seattle_weather": (seattle_weather, ["--target", "precipitation > 0"], {"time_column": "date", "features": 4}),
+}
+
+
+def run(folder:Path, *command:str, timeout:float=900) -> subprocess.CompletedProcess:
+    env = clean_environ(MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="100", MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"))
+    return subprocess.run([str(BIN/command[0]), *command[1:]], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module", params=list(TABLES))
+def first_attempt(request, tmp_path_factory):
+    "One table from file to served model and monitoring report, each command once; what each left."
+    name, (make, init_args, expected) = request.param, TABLES[request.param]
+    folder = tmp_path_factory.mktemp(name)
+    table = make(folder)
+    started = time.perf_counter()
+    init = run(folder, "mlops_init", table.name, *init_args)
+    assert init.returncode == 0, init.stderr
+    trained = run(folder, "mlops_run")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    settings = load_settings(folder/"mlops.toml", environ={})
+    champion = load_bundle(settings, alias="champion")
+    raw = pl.read_csv(table, null_values=["NA", ""])
+    labels = label_rows(raw, DataSettings(target=settings.data.target, target_rule=settings.data.target_rule))[settings.data.target] \
+        if not settings.data.keep_rows else None
+    port = free_port()
+    server = subprocess.Popen([str(BIN/"mlops_serve"), "--port", str(port)], cwd=folder, env=clean_environ(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200: break
+            except httpx.HTTPError: pass
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            time.sleep(0.5)
+        inputs, labels, answers, given = raw.select(list(champion.spec["inputs"])), labels.to_list(), [], 0
+        for start in range(0, raw.height, 500):  # within serve.max_rows per request
+            answer = httpx.post(f"{url}/predict", json={"rows": inputs.slice(start, 500).to_dicts()}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json())
+            for row, label in enumerate(labels[start:start + 500]):
+                if label is None: continue
+                sent = httpx.post(f"{url}/feedback", json={"request_id": answers[-1]["request_id"], "row": row, "label": int(label)}, timeout=10)
+                assert sent.status_code == 202, sent.text
+                given += 1
+    finally:
+        server.terminate(); server.wait(timeout=60)
+    monitored = run(folder, "mlops_monitor", "--out_dir", str(folder/"monitor"))
+    assert monitored.returncode in (0, 3), monitored.stderr[-3000:]  # 3: drift or an alert, said in the report
+    seconds = time.perf_counter() - started
+    [ledger] = [json.loads(p.read_text()) for p in (folder/"runs").glob("*/run.json")]
+    run_dir = Path(ledger["run_dir"])
+    facts = {"init": init, "ledger": ledger, "predictions": sum(len(a["predictions"]) for a in answers), "feedback": given, "rows": raw.height, "seconds": seconds,
+             "clean": json.loads((run_dir/"clean"/"clean.json").read_text()), "settings": settings, "expected": expected,
+             "evaluate": json.loads((run_dir/"evaluate"/"evaluate.json").read_text()),
+             "monitor": json.loads((folder/"monitor"/"monitor.json").read_text())}
+    print(f"\n{name}: {raw.height:,} rows; {facts['clean']['summary']}; {facts['evaluate']['summary']}; "
+          f"{given} labels fed back; monitor {facts['monitor']['status']}; {seconds:.0f} s from mlops_init to the monitoring report")
+    return name, facts
+
+
+@pytest.mark.slow
+def test_init_writes_settings_that_run_as_written(first_attempt):
+    name, f = first_attempt
+    settings, expected = f["settings"], f["expected"]
+    assert settings.data.time_column == expected["time_column"]
+    assert "wrote mlops.toml" in f["init"].stdout
+    assert len(f["clean"]["features"]) == expected["features"]
+    assert not set(f["clean"]["features"]) & ({settings.data.target, settings.data.time_column} | set(settings.data.ignore_columns))
+    if not settings.data.time_column: assert "at random" in f["clean"]["split_description"]
+
+
+@pytest.mark.slow
+def test_every_row_is_accounted_for(first_attempt):
+    name, f = first_attempt
+    clean = f["clean"]
+    assert sum(clean["rows"].values()) + clean["removed"]["unlabelled"] + clean["removed"]["duplicates"] == f["rows"]
+    assert clean["removed"]["unlabelled"] == f["expected"].get("unlabelled", 0)
+    assert all(clean["rows"][part] > 0 for part in ("train", "valid", "test"))
+
+
+@pytest.mark.slow
+def test_a_champion_is_served_and_monitored(first_attempt):
+    name, f = first_attempt
+    assert f["ledger"]["status"] == "ok" and f["ledger"]["promoted"]
+    assert f["evaluate"]["metrics"]["roc_auc"] > 0.8  # these tables carry real signal
+    assert f["predictions"] == f["rows"]
+    monitor = f["monitor"]
+    assert monitor["status"] == "ok" and monitor["window_rows"] == f["rows"]
+    [window] = monitor["windows"]
+    assert window["labelled"] == pytest.approx(f["feedback"]/f["rows"]) and window["roc_auc"] > 0.8
