@@ -34,9 +34,11 @@ def drop_ignored(df:pl.DataFrame, columns:list[str]) -> pl.DataFrame:
     return df.drop([c for c in columns if c in df.columns])
 
 def usable_rows(df:pl.DataFrame, data:DataSettings) -> tuple[pl.DataFrame, dict]:
-    "Rows with a label, each once (judged on the whole row), without the ignored columns; and how many rows each step removed."
+    "Rows with a label, each once (as `data.duplicates` judges it), without the ignored columns; and how many rows each step removed."
     labelled = df.filter(pl.col(data.target).is_not_null())
-    unique = labelled.unique(maintain_order=True)
+    if data.duplicates == "id" and not data.id_columns: raise ValueError("data.duplicates = 'id' needs data.id_columns")
+    unique = (labelled if data.duplicates == "keep" else
+              labelled.unique(data.id_columns, keep="first", maintain_order=True) if data.duplicates == "id" else labelled.unique(maintain_order=True))
     removed = {"unlabelled": df.height - labelled.height, "duplicates": labelled.height - unique.height}
     return drop_ignored(unique, data.ignore_columns), removed
 
@@ -259,7 +261,8 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
             mlflow.log_dict(spec, "transform.json")
         summary = (f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
                    f"({removed['unlabelled']:,} without a label and {removed['duplicates']:,} duplicates removed)")
-        info = {"rows": rows, "removed": removed, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
+        rows_in_out = {"in": snapshot["rows"], **removed, "out": sum(rows.values())}  # in = unlabelled + duplicates + out
+        info = {"rows": rows, "removed": removed, "rows_in_out": rows_in_out, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
                 "split": msgspec.to_builtins(split), "split_description": describe_split(split, data)}
         write_json(out/"clean.json", info)
     log.info("clean: %s", summary)

@@ -56,6 +56,7 @@ class DataSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     time_column: str = ""  # orders the rows (datetime, date, or a number such as a year): the split is by time; empty: a random split
     id_columns: list[str] = []  # together unique per row: logged beside predictions, never features
     ignore_columns: list[str] = []  # never features: known only after the fact (leakage), or identifiers
+    duplicates: Literal["row", "id", "keep"] = "row"  # removed by the clean stage, and counted: rows equal in every column, rows that repeat the id_columns (the first kept), or none
     contract: str = "contracts/data_contract.json"  # the data contract: written on first ingest, then enforced
     max_broken_share: float = 0.01  # stop when more rows than this break the contract
     sample_every: int = 1  # keep every n-th row: 1 keeps all, larger values make quick runs
@@ -163,6 +164,7 @@ class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "Drift and performance of the served model over windows of the inference log, and the alerts they raise."
     window: str = "1d"  # windows of serving time, a polars duration: 1h, 1d, 1w, 1mo
     window_columns: list[str] = []  # instead: one window per value of these logged inputs, e.g. ["year", "month"]
+    window_time: str = ""  # or: periods of `window` of this logged column of times, the data's own (data.time_column, sent beside the inputs)
     windows: int = 12  # the latest windows judged and reported
     max_rows: int = 1_000_000  # at most this many latest logged predictions are read
     bins: int = 10  # bins of the population stability index: the reference's deciles

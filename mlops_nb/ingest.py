@@ -342,7 +342,7 @@ def named_columns(settings:Settings) -> list[tuple[str, str]]:
              "features.missing": list(f.missing), "features.outliers": list(f.outliers), "features.units": list(f.units),
              "tune.monotone": list(settings.tune.monotone), "evaluate.slices": ev.slices,
              "evaluate.behaviour": [case["feature"] for case in ev.behaviour if "feature" in case],
-             "monitor.window_columns": settings.monitor.window_columns, "monitor.feature_thresholds": list(settings.monitor.feature_thresholds)}
+             "monitor.window_columns": settings.monitor.window_columns, "monitor.window_time": [settings.monitor.window_time] if settings.monitor.window_time else [], "monitor.feature_thresholds": list(settings.monitor.feature_thresholds)}
     return [(key, c) for key, columns in keyed.items() for c in columns]
 
 def require_named_columns(settings:Settings, columns:list[str]) -> None:
@@ -366,7 +366,8 @@ def ingest_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
             write_atomic(out/"quarantine.parquet", buffer.getvalue())
         check_broken_share(df.height, quarantined, data.max_broken_share, f"source {data.source!r}", out/"quarantine.parquet")
         info = write_snapshot(good, settings.snapshots_dir, describe_sources(data))
-        info.update(quarantined=quarantined.height, contract=data.contract, contract_created=created)
+        info.update(quarantined=quarantined.height, contract=data.contract, contract_created=created,
+                    rows_in_out={"in": df.height, "quarantined": quarantined.height, "out": good.height, "sample_every": data.sample_every})
         info["summary"] = (f"{info['rows']:,} rows, {info['columns']} columns, digest {info['digest'][:12]}, "
                            f"{quarantined.height:,} rows quarantined")
         with stage_run(settings, "01_ingest", parent_run_id):

@@ -165,7 +165,14 @@ def drift_table(reference:pl.DataFrame, current:pl.DataFrame, numeric:list[str],
 
 # %% ../nbs/07_monitor.ipynb #2cb0da2f
 def assign_windows(logged:pl.DataFrame, monitor:MonitorSettings) -> pl.DataFrame:
-    "`logged` with a `window` label, sortable: the serving time truncated to `monitor.window`, or the values of `monitor.window_columns`."
+    "`logged` with a `window` label, sortable: the serving time truncated to `monitor.window`, or the values of `monitor.window_columns`, or the data's time (`monitor.window_time`) truncated to `monitor.window`."
+    if monitor.window_time:
+        if monitor.window_time not in logged.columns:
+            raise ValueError(f"monitor.window_time {monitor.window_time!r} is not among the logged columns: send it beside the inputs; logged: {logged.columns}")
+        t = logged[monitor.window_time]
+        if t.dtype.is_numeric(): return logged.with_columns(window=pl.col(monitor.window_time).cast(pl.String))  # a year, a period number
+        times = pl.col(monitor.window_time).str.to_datetime(time_zone="UTC") if t.dtype == pl.String else pl.col(monitor.window_time)
+        return logged.with_columns(window=times.dt.truncate(monitor.window).dt.strftime("%Y-%m-%dT%H:%M"))
     if not monitor.window_columns:
         served = pl.col("time").str.to_datetime(time_zone="UTC").dt.truncate(monitor.window)
         return logged.with_columns(window=served.dt.strftime("%Y-%m-%dT%H:%M"))

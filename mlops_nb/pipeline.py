@@ -337,9 +337,11 @@ def _run_stages(settings:Settings, run_id:str, previous:dict|None=None, retries:
                 log.error("[%d/%d] %s failed after %.1fs", i, len(STAGES), stage, ledger["stages"][-1]["seconds"])
                 raise
             seconds = round(time.perf_counter() - start, 1)
-            summary = read_json(run_dir/output).get("summary", "")
+            result = read_json(run_dir/output)
+            summary = result.get("summary", "")
             ledger["stages"].append({"name": stage, "status": "ok", "seconds": seconds, "attempts": 1 + len(ledger["retries"]) - retried_before,
-                                     "summary": summary, "outputs": stage_outputs(run_dir, stage)})
+                                     "summary": summary, "outputs": stage_outputs(run_dir, stage),
+                                     **{k: result[k] for k in ("rows_in_out", "roles") if k in result}})
             write_json(run_dir/"run.json", ledger)  # the stage's completion, recorded once its outputs are all written
             track(lambda: (mlflow.log_artifact(str(executed), "notebooks"), mlflow.log_metric(f"seconds_{stage}", seconds)))
             log.info("[%d/%d] %s ok in %.1fs: %s", i, len(STAGES), stage, seconds, summary)

@@ -68,15 +68,20 @@ def attribute_names(columns) -> dict[str, str]:
     "Each column's attribute name on a request's structs: the column's own name when it is a Python identifier ('mean radius' is not)."
     return {c: c if c.isidentifier() and not keyword.iskeyword(c) and not c.startswith("_") else f"column_{i}" for i, c in enumerate(columns)}
 
-def request_type(spec:dict, contract:dict|None, max_rows:int, strict:bool=True) -> type:
+def request_type(spec:dict, contract:dict|None, max_rows:int, strict:bool=True,
+                 context:dict[str, str]|None=None, # optional columns sent beside the inputs (the data's time, ids): their type families
+                ) -> type:
     "A msgspec Struct for prediction requests against the transformation `spec` and its data contract."
     columns = (contract or {}).get("columns", {})
     types = {c: field_type(t, columns.get(c), strict) for c, t in spec["inputs"].items()}
-    attrs = attribute_names(types)
+    optional = {c: _JSON_TYPES.get(t, str) | None for c, t in (context or {}).items() if c not in types}
+    attrs = attribute_names([*types, *optional])
     def rows(t): return Annotated[list[t], msgspec.Meta(min_length=1, max_length=max_rows)]
-    rename = {attrs[c]: c for c in types}  # in JSON, every field has its column's name
-    row = msgspec.defstruct("Row", [(attrs[c], t) for c, t in types.items()], forbid_unknown_fields=True, rename=rename)
-    cols = msgspec.defstruct("Columns", [(attrs[c], rows(t)) for c, t in types.items()], forbid_unknown_fields=True, rename=rename)
+    rename = {attrs[c]: c for c in attrs}  # in JSON, every field has its column's name
+    row = msgspec.defstruct("Row", [(attrs[c], t) for c, t in types.items()] + [(attrs[c], t, None) for c, t in optional.items()],
+                            forbid_unknown_fields=True, rename=rename)
+    cols = msgspec.defstruct("Columns", [(attrs[c], rows(t)) for c, t in types.items()] + [(attrs[c], rows(t) | None, None) for c, t in optional.items()],
+                             forbid_unknown_fields=True, rename=rename)
     return msgspec.defstruct("PredictRequest", [("rows", rows(row) | None, None), ("columns", cols | None, None)],
                              forbid_unknown_fields=True)
 
@@ -129,6 +134,7 @@ class Served:
     "One registered version, ready to answer."
     bundle: ModelBundle
     max_rows: int
+    context: dict[str, str] = field(default_factory=dict)  # columns a request may send beside the inputs, logged and never used: their type families
     strict: msgspec.json.Decoder = field(init=False)
     loose: msgspec.json.Decoder = field(init=False)  # types and shape only: tells a contract break from a bad request
     schema: dict = field(init=False)
@@ -136,11 +142,12 @@ class Served:
 
     def __post_init__(self):
         spec, contract = self.bundle.spec, self.bundle.contract
-        self.request_type = request_type(spec, contract, self.max_rows)
+        self.context = {c: t for c, t in self.context.items() if c not in spec["inputs"]}
+        self.request_type = request_type(spec, contract, self.max_rows, context=self.context)
         self.strict = msgspec.json.Decoder(self.request_type)
-        self.loose = msgspec.json.Decoder(request_type(spec, contract, self.max_rows, strict=False))
+        self.loose = msgspec.json.Decoder(request_type(spec, contract, self.max_rows, strict=False, context=self.context))
         self.schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in spec["inputs"].items()}
-        self.attributes = attribute_names(self.schema)
+        self.attributes = attribute_names([*self.schema, *self.context])
         self.example = example_row(spec, contract)
         self.plan = MatrixPlan.compile(spec, pl.Schema(self.schema))  # built once: a request only runs it
 
@@ -161,8 +168,11 @@ class Served:
     def _columns(self, request) -> dict[str, list]:
         if (request.rows is None) == (request.columns is None):
             raise RequestError(400, 'send exactly one of "rows" (records) or "columns" (one list per field)', "validation")
-        if request.rows is not None: return {c: [getattr(r, a) for r in request.rows] for c, a in self.attributes.items()}
+        if request.rows is not None:
+            found = {c: [getattr(r, a) for r in request.rows] for c, a in self.attributes.items()}
+            return {c: v for c, v in found.items() if c in self.schema or any(x is not None for x in v)}
         lists = {c: getattr(request.columns, a) for c, a in self.attributes.items()}
+        lists = {c: v for c, v in lists.items() if v is not None}
         lengths = {c: len(v) for c, v in lists.items()}
         if len(set(lengths.values())) > 1:
             n = max(set(lengths.values()), key=list(lengths.values()).count)
@@ -350,7 +360,9 @@ class Server:
             self.failed_version = version  # until it has warmed up
             bundle = load_bundle(self.settings, version=version)
         bundle.booster.set_param({"nthread": self.xgboost_threads})
-        served = Served(bundle, self.s.max_rows)
+        known = (bundle.contract or {}).get("columns", {})
+        sent_beside = [self.settings.data.time_column, *self.settings.data.id_columns]  # logged for monitoring by the data's own time
+        served = Served(bundle, self.s.max_rows, {c: known[c]["type"] for c in sent_beside if c in known})
         served.warm_up()
         self.failed_version = None
         return served

@@ -4,7 +4,10 @@ with no edit to what `mlops_init` wrote.
 
 - breast cancer (scikit-learn): 569 rows, 30 number columns with spaces in their names, no time at all;
 - penguins (palmerpenguins): 344 rows, categorical columns, gaps, a text label with gaps, a year column;
-- Seattle weather (vega_datasets): 1,461 days, the date as text, a label made by a rule."""
+- Seattle weather (vega_datasets): 1,461 days, the date as text, a label made by a rule.
+
+Two generated tables add the shapes a real table may have: a single feature with a yes/no text label
+(500 rows), and 200 feature columns with an integer time (600 rows)."""
 import json
 import shutil
 import subprocess
@@ -13,6 +16,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import httpx
+import numpy as np
 import polars as pl
 import pytest
 
@@ -40,16 +44,38 @@ def seattle_weather(folder:Path) -> Path:
     return Path(shutil.copy(package_file("vega_datasets", "_data", "seattle-weather.csv"), folder))
 
 
+def single_feature(folder:Path) -> Path:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=500)
+    pl.DataFrame({"x": x.round(4), "answer": np.where(x + 0.5*rng.normal(size=500) > 0.3, "yes", "no")}).write_csv(folder/"single.csv")
+    return folder/"single.csv"
+
+
+def wide(folder:Path) -> Path:
+    rng = np.random.default_rng(2)
+    n = 600
+    numbers = {f"c{i:03d}": rng.normal(size=n).round(4) for i in range(190)}
+    kinds = {f"k{i}": rng.choice(["a", "b", "c", "d"], n) for i in range(10)}
+    logit = 3*numbers["c000"] - 2*numbers["c001"] + 2*(kinds["k0"] == "a")
+    table = pl.DataFrame({"epoch": 1_700_000_000 + 3600*np.arange(n), **numbers, **kinds, "hit": rng.random(n) < 1/(1 + np.exp(-logit))})
+    table.write_parquet(folder/"wide.parquet")
+    return folder/"wide.parquet"
+
+
 # table, its file, mlops_init's arguments beyond the file, and what the run must have found
 TABLES = {
     "breast_cancer": (breast_cancer, ["--target", "target"], {"time_column": "", "features": 30}),
-    "penguins": (penguins, ["--target", "sex = 'male'", "--time", "year"], {"time_column": "year", "features": 6, "unlabelled": 11}),
-    "seattle_weather": (seattle_weather, ["--target", "precipitation > 0"], {"time_column": "date", "features": 4}),
+    "penguins": (penguins, ["--target", "sex = 'male'", "--time", "year"],
+                 {"time_column": "year", "features": 6, "unlabelled": 11, "data_windows": ("1y", ["2007", "2008", "2009"])}),
+    "seattle_weather": (seattle_weather, ["--target", "precipitation > 0"],
+                        {"time_column": "date", "features": 4, "data_windows": ("1y", [f"{y}-01-01T00:00" for y in (2012, 2013, 2014, 2015)])}),
+    "single_feature": (single_feature, ["--target", "answer"], {"time_column": "", "features": 1}),
+    "wide": (wide, ["--target", "hit", "--time", "epoch"], {"time_column": "epoch", "features": 200}),
 }
 
 
-def run(folder:Path, *command:str, timeout:float=900) -> subprocess.CompletedProcess:
-    env = clean_environ(MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="100", MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"))
+def run(folder:Path, *command:str, timeout:float=900, env:dict|None=None) -> subprocess.CompletedProcess:
+    env = clean_environ(MLOPS_TUNE__N_TRIALS="3", MLOPS_TUNE__MAX_ROUNDS="100", MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), **(env or {}))
     return subprocess.run([str(BIN/command[0]), *command[1:]], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -66,9 +92,8 @@ def first_attempt(request, tmp_path_factory):
     assert trained.returncode == 0, trained.stderr[-3000:]
     settings = load_settings(folder/"mlops.toml", environ={})
     champion = load_bundle(settings, alias="champion")
-    raw = pl.read_csv(table, null_values=["NA", ""])
-    labels = label_rows(raw, DataSettings(target=settings.data.target, target_rule=settings.data.target_rule))[settings.data.target] \
-        if not settings.data.keep_rows else None
+    raw = pl.read_parquet(table) if table.suffix == ".parquet" else pl.read_csv(table, null_values=["NA", ""])
+    labels = label_rows(raw, DataSettings(target=settings.data.target, target_rule=settings.data.target_rule))[settings.data.target]
     port = free_port()
     server = subprocess.Popen([str(BIN/"mlops_serve"), "--port", str(port)], cwd=folder, env=clean_environ(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -80,7 +105,8 @@ def first_attempt(request, tmp_path_factory):
             except httpx.HTTPError: pass
             assert server.poll() is None, server.stderr.read()[-3000:]
             time.sleep(0.5)
-        inputs, labels, answers, given = raw.select(list(champion.spec["inputs"])), labels.to_list(), [], 0
+        sent = [*champion.spec["inputs"], *([settings.data.time_column] if settings.data.time_column else [])]  # the data's time beside the inputs
+        inputs, labels, answers, given = raw.select(sent), labels.to_list(), [], 0
         for start in range(0, raw.height, 500):  # within serve.max_rows per request
             answer = httpx.post(f"{url}/predict", json={"rows": inputs.slice(start, 500).to_dicts()}, timeout=60)
             assert answer.status_code == 200, answer.text
@@ -94,6 +120,10 @@ def first_attempt(request, tmp_path_factory):
         server.terminate(); server.wait(timeout=60)
     monitored = run(folder, "mlops_monitor", "--out_dir", str(folder/"monitor"))
     assert monitored.returncode in (0, 3), monitored.stderr[-3000:]  # 3: drift or an alert, said in the report
+    if "data_windows" in expected:  # windows of the data's own time, logged beside the inputs
+        by_data_time = run(folder, "mlops_monitor", "--out_dir", str(folder/"monitor_by_data_time"),
+                           env={"MLOPS_MONITOR__WINDOW_TIME": settings.data.time_column, "MLOPS_MONITOR__WINDOW": expected["data_windows"][0]})
+        assert by_data_time.returncode in (0, 3), by_data_time.stderr[-3000:]
     seconds = time.perf_counter() - started
     [ledger] = [json.loads(p.read_text()) for p in (folder/"runs").glob("*/run.json")]
     run_dir = Path(ledger["run_dir"])
@@ -101,6 +131,7 @@ def first_attempt(request, tmp_path_factory):
              "clean": json.loads((run_dir/"clean"/"clean.json").read_text()), "settings": settings, "expected": expected,
              "evaluate": json.loads((run_dir/"evaluate"/"evaluate.json").read_text()),
              "monitor": json.loads((folder/"monitor"/"monitor.json").read_text())}
+    if "data_windows" in expected: facts["monitor_by_data_time"] = json.loads((folder/"monitor_by_data_time"/"monitor.json").read_text())
     print(f"\n{name}: {raw.height:,} rows; {facts['clean']['summary']}; {facts['evaluate']['summary']}; "
           f"{given} labels fed back; monitor {facts['monitor']['status']}; {seconds:.0f} s from mlops_init to the monitoring report")
     return name, facts
@@ -136,3 +167,12 @@ def test_a_champion_is_served_and_monitored(first_attempt):
     assert monitor["status"] == "ok" and monitor["window_rows"] == f["rows"]
     [window] = monitor["windows"]
     assert window["labelled"] == pytest.approx(f["feedback"]/f["rows"]) and window["roc_auc"] > 0.8
+
+
+@pytest.mark.slow
+def test_monitoring_windows_can_follow_the_data_time(first_attempt):
+    name, f = first_attempt
+    if "data_windows" not in f["expected"]: pytest.skip(f"{name}: windows by the data's time are checked on the tables with dates or years")
+    report = f["monitor_by_data_time"]
+    assert [w["window"] for w in report["windows"]] == f["expected"]["data_windows"][1]
+    assert sum(w["rows"] for w in report["windows"]) == f["rows"]
