@@ -151,10 +151,11 @@ def test_study_without_a_completed_trial_fails_clearly(project, trained):
 def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
     result = cli(project, "mlops_run", "--run_id", "empty-test-split", MLOPS_SPLIT__TEST_FROM="2014-01-01")
     assert result.returncode == 1
-    assert "stage 03_clean failed" in result.stderr and "test split is empty" in result.stderr
+    # the EDA stage splits as the clean stage will (to compare training and test rows), so it stops first
+    assert "stage 02_eda failed" in result.stderr and "test split is empty" in result.stderr
     failed = ledger_of(project, "empty-test-split")
-    assert failed["status"] == "failed" and failed["stages"][-1]["name"] == "03_clean"
-    assert (Path(failed["run_dir"])/"03_clean.ipynb").exists()
+    assert failed["status"] == "failed" and failed["stages"][-1]["name"] == "02_eda"
+    assert (Path(failed["run_dir"])/"02_eda.ipynb").exists()
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
 
 
