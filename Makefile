@@ -59,6 +59,7 @@ lab: venv
 bench: venv
 	$(BIN)/python bench/data_bench.py
 	$(BIN)/python bench/tune_bench.py
+	$(BIN)/python bench/busy.py
 
 ## lock: resolve requirements.in into exact pins in requirements.lock
 lock:

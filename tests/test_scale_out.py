@@ -67,6 +67,8 @@ def test_deployment_files_name_what_exists():
         lines = (ROOT/"deploy"/dockerfile).read_text().splitlines()
         for line in lines:
             if line.startswith("COPY "): assert all((ROOT/src).exists() for src in line.split()[1:-1]), line
+            if line.startswith("ENV ") and "MLOPS_CONFIG=/app/" in line:  # the settings the image runs with come with it
+                assert (ROOT/line.split("MLOPS_CONFIG=/app/")[1].split()[0]).exists(), line
         assert any(line.startswith("USER ") and "root" not in line for line in lines)  # not root
         command = json.loads(next(line for line in lines if line.startswith("CMD "))[4:])
         assert command[0] in scripts
