@@ -157,7 +157,7 @@ class MatrixPlan:
 
     def __call__(self, df:pl.DataFrame) -> np.ndarray:
         "The feature matrix for `df`: float64, NaN where a value stays missing."
-        X = run_plan(df, self.steps).to_numpy()  # a null becomes NaN, as fill_nan(None) then fill_null treats both alike
+        X = run_plan(df, self.steps).to_numpy(writable=True)  # a null becomes NaN; writable: one float column comes back as a read-only view
         np.clip(X, self.low, self.high, out=X)  # NaN stays NaN
         return np.where(np.isnan(X) & self.filled, self.fill, X)
 
@@ -260,7 +260,7 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
             mlflow.log_params({f"rows_{k}": v for k, v in (rows | removed).items()} | {"split": describe_split(split, data)})
             mlflow.log_dict(spec, "transform.json")
         summary = (f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
-                   f"({removed['unlabelled']:,} without a label and {removed['duplicates']:,} duplicates removed)")
+                   f"({removed['unlabelled']:,} without a label and {removed['duplicates']:,} duplicates removed); split {describe_split(split, data)}")
         rows_in_out = {"in": snapshot["rows"], **removed, "out": sum(rows.values())}  # in = unlabelled + duplicates + out
         info = {"rows": rows, "removed": removed, "rows_in_out": rows_in_out, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
                 "split": msgspec.to_builtins(split), "split_description": describe_split(split, data)}

@@ -134,12 +134,12 @@ def _toml(value) -> str:
 def _table_name(path:str) -> str: return _slug(Path(path.replace("*", "")).stem) or "table"
 
 def settings_text(path:str, source:SourceSettings, target:str, rule:str, time:str, parse_time:bool, ids:list[str],
-                  roles:dict, warnings:list[str], split_note:str, rows:int) -> str:
+                  roles:dict, warnings:list[str], split_note:str, rows:int, columns:int) -> str:
     "The commented settings file for the table at `path`."
     name = _table_name(path)
     by_role = lambda role: [c for c, (r, _) in roles.items() if r == role]
     ignored = by_role("ignored") + by_role("dropped")
-    lines = [f"# Settings for {path} ({rows:,} rows, {len(roles)} columns), written by mlops_init.",
+    lines = [f"# Settings for {path} ({rows:,} rows, {columns} columns), written by mlops_init.",
              "# Run it with `mlops_run --config FILE` (or name it mlops.toml), then `mlops_serve`. Every line can be changed.",
              *[f"# WARNING: {w}" for w in warnings],
              f"experiment = {_toml(name)}", f"model_name = {_toml(name)}", "",
@@ -183,7 +183,7 @@ def init_settings(path:str, target:str, time:str="", ids:list[str]=(), ignore:li
     note = (f"by {time}: with the table as it is, validation from {split.valid_from} and test from {split.test_from}" if time
             else "at random: no time column") + f" ({', '.join(f'{k} {v.height:,}' for k, v in parts.items())} rows)"
     if removed["unlabelled"]: warnings.append(f"{removed['unlabelled']:,} rows have no label ({target}): runs leave them out and say so")
-    text = settings_text(path, msgspec.structs.replace(source, uri=uri or path), target_name, rule, time, parse_time, found_ids, roles, warnings, note, df.height)
+    text = settings_text(path, msgspec.structs.replace(source, uri=uri or path), target_name, rule, time, parse_time, found_ids, roles, warnings, note, df.height, df.width)
     return text, warnings
 
 # %% ../nbs/01a_init.ipynb #78330596
