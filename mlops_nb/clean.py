@@ -34,12 +34,13 @@ def drop_ignored(df:pl.DataFrame, columns:list[str]) -> pl.DataFrame:
     return df.drop([c for c in columns if c in df.columns])
 
 def usable_rows(df:pl.DataFrame, data:DataSettings) -> tuple[pl.DataFrame, dict]:
-    "Rows with a label, each once (as `data.duplicates` judges it), without the ignored columns; and how many rows each step removed."
+    "Rows with a label and, when there is a time column, a time; each once (as `data.duplicates` judges it), without the ignored columns; and how many rows each step removed."
     labelled = df.filter(pl.col(data.target).is_not_null())
+    timed = labelled.filter(pl.col(data.time_column).is_not_null()) if data.time_column else labelled  # a row without a time has no place in a split by time
     if data.duplicates == "id" and not data.id_columns: raise ValueError("data.duplicates = 'id' needs data.id_columns")
-    unique = (labelled if data.duplicates == "keep" else
-              labelled.unique(data.id_columns, keep="first", maintain_order=True) if data.duplicates == "id" else labelled.unique(maintain_order=True))
-    removed = {"unlabelled": df.height - labelled.height, "duplicates": labelled.height - unique.height}
+    unique = (timed if data.duplicates == "keep" else
+              timed.unique(data.id_columns, keep="first", maintain_order=True) if data.duplicates == "id" else timed.unique(maintain_order=True))
+    removed = {"unlabelled": df.height - labelled.height, "untimed": labelled.height - timed.height, "duplicates": timed.height - unique.height}
     return drop_ignored(unique, data.ignore_columns), removed
 
 # %% ../nbs/03_clean.ipynb #fa608223
@@ -260,7 +261,8 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
             mlflow.log_params({f"rows_{k}": v for k, v in (rows | removed).items()} | {"split": describe_split(split, data)})
             mlflow.log_dict(spec, "transform.json")
         summary = (f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
-                   f"({removed['unlabelled']:,} without a label and {removed['duplicates']:,} duplicates removed); split {describe_split(split, data)}")
+                   f"({removed['unlabelled']:,} without a label, {removed['untimed']:,} without a time and {removed['duplicates']:,} duplicates removed); "
+                   f"split {describe_split(split, data)}")
         rows_in_out = {"in": snapshot["rows"], **removed, "out": sum(rows.values())}  # in = unlabelled + duplicates + out
         info = {"rows": rows, "removed": removed, "rows_in_out": rows_in_out, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
                 "split": msgspec.to_builtins(split), "split_description": describe_split(split, data)}

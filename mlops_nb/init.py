@@ -11,11 +11,11 @@ import re
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import polars as pl
 from fastcore.script import Param, call_parse
 
-import msgspec
 from .config import DataSettings, SourceSettings, SplitSettings, load_settings
 from .contract import sql_columns, type_family
 from .ingest import SourceError, label_rows, read_source
@@ -39,7 +39,7 @@ def target_settings(df:pl.DataFrame, expression:str) -> tuple[str, str, list[str
     "The target's name, its SQL rule ('' for a 0/1 column) and the columns the rule reads, for `--target expression`."
     if expression in df.columns:
         values = df[expression].drop_nulls().unique()
-        if df[expression].dtype == pl.Boolean or set(values.cast(pl.Int64, strict=False).to_list()) <= {0, 1} and df[expression].dtype.is_integer():
+        if df[expression].dtype == pl.Boolean or (df[expression].dtype.is_integer() and set(values.to_list()) <= {0, 1}):
             return expression, "", []
         if type_family(df[expression].dtype) == "string" and values.len() == 2:
             counts = df[expression].drop_nulls().value_counts(sort=True)
