@@ -17,13 +17,14 @@ import numpy as np
 import polars as pl
 
 from .config import Settings, DataSettings, FeatureSettings, SplitSettings, stage_folder, stage_run, write_json, read_json
-from .contract import schema_of, sql_columns, type_family
+from .contract import free_name, schema_of, sql_columns, sql_identifier, type_family
 from .ingest import load_stage_snapshot, read_snapshot
 
 # %% auto #0
-__all__ = ['log', 'SPLITS', 'drop_ignored', 'usable_rows', 'choose_features', 'fit_transform', 'sql_expression', 'derive',
-           'category_codes', 'transform_plan', 'run_plan', 'apply_transform', 'MatrixPlan', 'boundary', 'resolve_split',
-           'split_at_random', 'split_rows', 'describe_split', 'clean_stage', 'load_split', 'load_transform']
+__all__ = ['log', 'SPLITS', 'drop_ignored', 'usable_rows', 'choose_features', 'is_date', 'date_parts', 'expand_dates',
+           'fit_transform', 'sql_expression', 'derive', 'category_codes', 'transform_plan', 'run_plan',
+           'apply_transform', 'MatrixPlan', 'boundary', 'resolve_split', 'split_at_random', 'split_rows',
+           'describe_split', 'clean_stage', 'load_split', 'load_transform']
 
 # %% ../nbs/03_clean.ipynb #fed35ce1
 log = logging.getLogger(__name__)
@@ -49,18 +50,38 @@ _CASTS = {"int": pl.Int64, "float": pl.Float64, "string": pl.String, "bool": pl.
 def choose_features(df:pl.DataFrame, data:DataSettings, features:FeatureSettings) -> tuple[list[str], list[str]]:
     "Numeric and categorical raw feature columns: as configured, or inferred from `df`'s types."
     used = {data.target, data.time_column, *data.id_columns, *data.ignore_columns}
-    numeric = features.numeric or [c for c, t in df.schema.items() if c not in used and (t.is_numeric() or t == pl.Boolean)]
+    numeric = features.numeric or [c for c, t in df.schema.items() if c not in used and (t.is_numeric() or t == pl.Boolean or is_date(t))]
     categorical = features.categorical or [c for c, t in df.schema.items() if c not in used and type_family(t) == "string"]
     missing = [c for c in numeric + categorical if c not in df.columns]
     if missing: raise ValueError(f"features {missing} are not columns of the data; it has {df.columns}")
     return numeric, categorical
+
+def is_date(dtype:pl.DataType) -> bool: return dtype in (pl.Date, pl.Datetime)
+
+def date_parts(column:str, dtype:pl.DataType, taken=()) -> dict[str, str]:
+    "What a model can learn from a date or datetime column, as derived SQL expressions named `<column>_<part>` (unless `taken`): days since 1970 (the trend), month and ISO weekday (the seasons), and for a datetime the hour."
+    q = sql_identifier(column)
+    parts = {"days": f"CAST({q} AS INTEGER)" if dtype == pl.Date else f"EXTRACT(EPOCH FROM {q})/86400.0",
+             "month": f"EXTRACT(MONTH FROM {q})", "weekday": f"EXTRACT(ISODOW FROM {q})"}
+    if dtype == pl.Datetime: parts["hour"] = f"EXTRACT(HOUR FROM {q})"
+    named = {}
+    for part, expression in parts.items(): named[free_name(f"{column}_{part}", {*taken, *named})] = expression
+    return named
+
+def expand_dates(schema:pl.Schema, numeric:list[str], derived:dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    "`numeric` without its date and datetime columns, and `derived` after their parts (no part takes a name in use)."
+    dates = [c for c in numeric if is_date(schema[c])]
+    parts, taken = {}, {*schema.names(), *derived}
+    for c in dates: parts |= date_parts(c, schema[c], {*taken, *parts})
+    return [c for c in numeric if c not in dates], parts | dict(derived)
 
 def fit_transform(train:pl.DataFrame, # training rows only
                   numeric:list[str], categorical:list[str], # raw feature columns
                   features:FeatureSettings=FeatureSettings(derived={}), # derived expressions and policies
                   target:str="late") -> dict:
     "Learn the feature transformation from `train`; a JSON-ready dict."
-    derived = dict(features.derived)
+    _require_inputs(train.schema, [*numeric, *categorical])
+    numeric, derived = expand_dates(train.schema, numeric, features.derived)
     inputs = sorted(set(numeric) | set(categorical) | {c for e in derived.values() for c in sql_columns(e)})
     _require_inputs(train.schema, inputs)
     df = derive(train, derived)
@@ -98,8 +119,9 @@ def derive(df:pl.DataFrame, derived:dict[str, str]) -> pl.DataFrame:
     return df.with_columns(sql_expression(e).alias(n) for n, e in derived.items()) if derived else df
 
 def _as_input(c:str, family:str, schema:pl.Schema, spec:dict) -> pl.Expr:
-    "Column `c` in the type it had in training; times sent as ISO 8601 text are parsed (as UTC unless they say otherwise)."
+    "Column `c` in the type it had in training; dates and times sent as ISO 8601 text are parsed (times as UTC unless they say otherwise)."
     if family in _CASTS: return None if schema[c] == _CASTS[family] else pl.col(c).cast(_CASTS[family])
+    if family == "date" and schema[c] == pl.String: return pl.col(c).str.to_date("%Y-%m-%d")
     if family == "datetime" and schema[c] == pl.String:
         zone = spec.get("time_zones", {}).get(c)
         parsed = pl.col(c).str.to_datetime(time_zone="UTC")

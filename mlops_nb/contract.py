@@ -14,9 +14,9 @@ import polars as pl
 from .config import write_json, read_json
 
 # %% auto #0
-__all__ = ['ContractError', 'schema_of', 'sql_columns', 'type_family', 'infer_contract', 'schema_changes', 'check_schema',
-           'broken_reason', 'broken_mask', 'find_broken_rows', 'duplicate_keys', 'rows_keeping_contract',
-           'enforce_contract', 'check_broken_share', 'load_or_create_contract']
+__all__ = ['ContractError', 'schema_of', 'sql_identifier', 'free_name', 'sql_columns', 'type_family', 'infer_contract',
+           'schema_changes', 'check_schema', 'broken_reason', 'broken_mask', 'find_broken_rows', 'duplicate_keys',
+           'rows_keeping_contract', 'enforce_contract', 'check_broken_share', 'load_or_create_contract']
 
 # %% ../nbs/00a_contract.ipynb #c3956f18
 class ContractError(ValueError):
@@ -25,6 +25,16 @@ class ContractError(ValueError):
 def schema_of(df:pl.DataFrame|pl.LazyFrame) -> pl.Schema:
     "The columns and types of an eager or a lazy frame (a lazy one is not run)."
     return df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
+
+def sql_identifier(column:str) -> str:
+    "`column` as a quoted SQL identifier, whatever characters its name holds."
+    return '"' + column.replace('"', '""') + '"'
+
+def free_name(name:str, taken) -> str:
+    "`name`, or `name_2`, `name_3`... whichever is not in `taken`."
+    taken, n = set(taken), 1
+    while (candidate := name if n == 1 else f"{name}_{n}") in taken: n += 1
+    return candidate
 
 def sql_columns(expression:str) -> list[str]:
     "The columns a SQL expression (as in `data.target_rule` or a derived feature) reads."

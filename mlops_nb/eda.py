@@ -170,32 +170,35 @@ def plot_shift(shift:pl.DataFrame, threshold:float=0.2, title:str="Shift between
 # %% ../nbs/02_eda.ipynb #b074e168
 def column_roles(df:pl.DataFrame, settings:Settings) -> pl.DataFrame:
     "Every column of the table, and each derived feature, with its role (feature, target, time, id, ignored, dropped) and why."
-    from mlops_nb.clean import choose_features
+    from mlops_nb.clean import choose_features, expand_dates, is_date
     d, f = settings.data, settings.features
     numeric, categorical = choose_features(df, d, f)
+    _, derived = expand_dates(df.schema, numeric, f.derived)
     listed = "not listed in features.numeric or features.categorical" if f.numeric or f.categorical else ""
     def role(c:str, t:pl.DataType) -> tuple[str, str]:
         if c == d.target: return "target", f"made by data.target_rule: {d.target_rule}" if d.target_rule else "the label (data.target)"
         if c == d.time_column: return "time", "orders the rows (data.time_column): the split is by it"
         if c in d.id_columns: return "id", "identifies a row (data.id_columns): logged, never a feature"
         if c in d.ignore_columns: return "ignored", "data.ignore_columns"
+        if c in numeric and is_date(t): return "date feature", "its parts are the features (derived below)"
         if c in numeric: return "numeric feature", ""
         if c in categorical: return "categorical feature", ""
         if df[c].null_count() == df.height: return "dropped", "empty"
         return "dropped", listed or f"type {t} is not a feature type: derive a feature from it (features.derived)"
     rows = [(c, str(t), *role(c, t)) for c, t in df.schema.items()]
-    rows += [(name, "derived", "derived feature", expression) for name, expression in f.derived.items()]
+    rows += [(name, "derived", "derived feature", expression) for name, expression in derived.items()]
     return pl.DataFrame(rows, schema=["column", "type", "role", "reason"], orient="row")
 
 def eda_report(df:pl.DataFrame, settings:Settings) -> tuple[dict, dict]:
     "The EDA tables and figures of a labelled table."
-    from mlops_nb.clean import choose_features, derive, split_rows
+    from mlops_nb.clean import choose_features, derive, expand_dates, split_rows
     data, target = settings.data, settings.data.target
     numeric, categorical = choose_features(df, data, settings.features)
     roles = column_roles(df, settings)
-    df = derive(df, settings.features.derived)
-    derived_categorical = [n for n in settings.features.derived if type_family(df[n].dtype) == "string"]
-    numeric += [n for n in settings.features.derived if n not in derived_categorical]
+    numeric, derived = expand_dates(df.schema, numeric, settings.features.derived)
+    df = derive(df, derived)
+    derived_categorical = [n for n in derived if type_family(df[n].dtype) == "string"]
+    numeric += [n for n in derived if n not in derived_categorical]
     categorical += derived_categorical
     parts, _ = split_rows(df.filter(pl.col(target).is_not_null()), settings.split, data)
     train, test = parts["train"], parts["test"]
@@ -226,7 +229,7 @@ def eda_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
             mlflow.log_artifacts(str(out), "eda")
             mlflow.log_metric("positive_rate", rate)
         summary = (f"{settings.data.target} share {rate:.1%}, {tables['missing'].height} columns with gaps, "
-                   f"{len(shifted)} features shifted between training and test periods")
+                   f"{len(shifted)} features shifted between the training and test {'periods' if settings.data.time_column else 'rows'}")
         info = {"files": sorted(p.name for p in out.iterdir()), "shifted_features": shifted, "summary": summary,
                 "roles": dict(tables["roles"].select("column", "role").iter_rows())}
         write_json(out/"eda.json", info)

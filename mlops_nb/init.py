@@ -17,12 +17,12 @@ import polars as pl
 from fastcore.script import Param, call_parse
 
 from .config import DataSettings, SourceSettings, SplitSettings, load_settings
-from .contract import sql_columns, type_family
+from .contract import free_name, sql_columns, sql_identifier, type_family
 from .ingest import SourceError, label_rows, read_source
 
 # %% auto #0
-__all__ = ['read_table', 'target_settings', 'parses_as_time', 'time_column', 'id_columns', 'column_roles', 'leakage_warnings',
-           'settings_text', 'init_settings', 'mlops_init']
+__all__ = ['read_table', 'target_settings', 'parses_as_time', 'time_column', 'text_times', 'id_columns', 'column_roles',
+           'leakage_warnings', 'settings_text', 'init_settings', 'mlops_init']
 
 # %% ../nbs/01a_init.ipynb #d0825e41
 def read_table(path:str) -> tuple[pl.DataFrame, SourceSettings]:
@@ -31,8 +31,6 @@ def read_table(path:str) -> tuple[pl.DataFrame, SourceSettings]:
     return read_source(source, "table"), source
 
 # %% ../nbs/01a_init.ipynb #9d6979b6
-def _quoted(column:str) -> str: return '"' + column.replace('"', '""') + '"'
-
 def _slug(text:str) -> str: return re.sub(r"[^0-9a-zA-Z]+", "_", str(text)).strip("_").lower() or "value"
 
 def target_settings(df:pl.DataFrame, expression:str) -> tuple[str, str, list[str]]:
@@ -44,20 +42,14 @@ def target_settings(df:pl.DataFrame, expression:str) -> tuple[str, str, list[str
         if type_family(df[expression].dtype) == "string" and values.len() == 2:
             counts = df[expression].drop_nulls().value_counts(sort=True)
             rarer = str(counts[expression][-1])
-            rule = f"{_quoted(expression)} = '" + rarer.replace("'", "''") + "'"
-            return _free_name(df, f"{_slug(expression)}_is_{_slug(rarer)}"), rule, [expression]
+            rule = f"{sql_identifier(expression)} = '" + rarer.replace("'", "''") + "'"
+            return free_name(f"{_slug(expression)}_is_{_slug(rarer)}", df.columns), rule, [expression]
         raise ValueError(f"--target {expression!r}: the column holds {values.len()} distinct values, not two classes: "
-                         f"give a rule instead, e.g. --target '{_quoted(expression)} > 10'")
+                         f"give a rule instead, e.g. --target '{sql_identifier(expression)} > 10'")
     reads = sql_columns(expression)
     missing = [c for c in reads if c not in df.columns]
     if missing: raise ValueError(f"--target {expression!r}: neither a column nor a rule over the table's columns ({missing} not found; it has {df.columns})")
-    return _free_name(df, "label"), expression, reads
-
-def _free_name(df:pl.DataFrame, name:str) -> str:
-    "`name`, or `name_2`, `name_3`... whichever the table does not use."
-    taken, n = set(df.columns), 1
-    while (candidate := name if n == 1 else f"{name}_{n}") in taken: n += 1
-    return candidate
+    return free_name("label", df.columns), expression, reads
 
 # %% ../nbs/01a_init.ipynb #7e73901e
 def parses_as_time(s:pl.Series) -> bool:
@@ -77,6 +69,10 @@ def time_column(df:pl.DataFrame, given:str="") -> tuple[str, bool]:
         raise ValueError(f"--time {given!r} holds {s.dtype} values that are not all dates, datetimes or numbers")
     found = [c for c, t in df.schema.items() if t in (pl.Date, pl.Datetime)] or [c for c in df.columns if parses_as_time(df[c])]
     return (found[0], type_family(df[found[0]].dtype) == "string") if found else ("", False)
+
+def text_times(df:pl.DataFrame, time:str, parse_time:bool, exclude:set=frozenset()) -> list[str]:
+    "The text columns to parse as datetimes on read: the time column if it is text, then every other text column (not in `exclude`) that parses as one."
+    return [time] * parse_time + [c for c in df.columns if c != time and c not in exclude and parses_as_time(df[c])]
 
 def id_columns(df:pl.DataFrame, given:list[str]=(), exclude:set=frozenset()) -> list[str]:
     "`given`, else the integer columns and the text columns without spaces (free text has them) whose values are unique per row."
@@ -104,7 +100,7 @@ def column_roles(df:pl.DataFrame, target:str, rule_reads:list[str], time:str, id
         elif type_family(t) == "string":
             if distinct > max(50, df.height // 2): roles[c] = ("dropped", f"free text or an identifier: {distinct:,} distinct values in {df.height:,} rows")
             else: roles[c] = ("categorical", f"{distinct} values")
-        elif t.is_temporal(): roles[c] = ("dropped", f"a {type_family(t)} other than the time column: derive a feature from it in features.derived")
+        elif t in (pl.Date, pl.Datetime): roles[c] = ("numeric", f"a {type_family(t)}: its days since 1970, month, weekday{', hour' if t == pl.Datetime else ''}")
         else: roles[c] = ("dropped", f"type {t} is not a feature type")
     return roles
 
@@ -133,12 +129,13 @@ def _toml(value) -> str:
 
 def _table_name(path:str) -> str: return _slug(Path(path.replace("*", "")).stem) or "table"
 
-def settings_text(path:str, source:SourceSettings, target:str, rule:str, time:str, parse_time:bool, ids:list[str],
+def settings_text(path:str, source:SourceSettings, target:str, rule:str, time:str, texts:list[str], ids:list[str],
                   roles:dict, warnings:list[str], split_note:str, rows:int, columns:int) -> str:
     "The commented settings file for the table at `path`."
     name = _table_name(path)
     by_role = lambda role: [c for c, (r, _) in roles.items() if r == role]
     ignored = by_role("ignored") + by_role("dropped")
+    parsed = ", ".join(f'{_toml(c)} = ""' for c in texts)
     lines = [f"# Settings for {path} ({rows:,} rows, {columns} columns), written by mlops_init.",
              "# Run it with `mlops_run --config FILE` (or name it mlops.toml), then `mlops_serve`. Every line can be changed.",
              *[f"# WARNING: {w}" for w in warnings],
@@ -152,7 +149,7 @@ def settings_text(path:str, source:SourceSettings, target:str, rule:str, time:st
              *[f"  {_toml(c)},  # {roles[c][0]}: {roles[c][1]}" for c in ignored], "]",
              f"contract = {_toml(f'contracts/{name}.json')}  # written by the first run, enforced after it: review it", "",
              f"[data.sources.{_toml(name)}]", f"uri = {_toml(source.uri)}",
-             *([f"datetimes = {{ {_toml(time)} = \"\" }}  # text times, parsed as ISO 8601"] if parse_time else []), "",
+             *([f"datetimes = {{ {parsed} }}  # text times, parsed as ISO 8601"] if texts else []), "",
              "[features]  # the features by kind, with what mlops_init saw",
              "numeric = [", *[f"  {_toml(c)},  # {roles[c][1]}" for c in by_role("numeric")], "]",
              "categorical = [", *[f"  {_toml(c)},  # {roles[c][1]}" for c in by_role("categorical")], "]", "",
@@ -172,9 +169,10 @@ def init_settings(path:str, target:str, time:str="", ids:list[str]=(), ignore:li
     if missing: raise ValueError(f"--ignore {missing}: not columns of the table; it has {df.columns}")
     target_name, rule, reads = target_settings(df, target)
     time, parse_time = time_column(df, time)
-    found_ids = id_columns(df, ids, exclude={time, *reads, target_name})
+    texts = text_times(df, time, parse_time, exclude={*reads, target_name, *ids, *ignore})
+    found_ids = id_columns(df, ids, exclude={time, *reads, target_name, *texts})
     data = DataSettings(target=target_name, target_rule=rule, time_column=time)
-    typed = df.with_columns(pl.col(time).str.to_datetime(time_zone="UTC")) if parse_time else df
+    typed = df.with_columns(pl.col(texts).str.to_datetime(time_zone="UTC"))
     labelled = label_rows(typed, data)
     roles = column_roles(labelled, target_name, reads, time, found_ids, list(ignore))
     warnings = leakage_warnings(labelled, target_name, roles)
@@ -183,7 +181,7 @@ def init_settings(path:str, target:str, time:str="", ids:list[str]=(), ignore:li
     note = (f"by {time}: with the table as it is, validation from {split.valid_from} and test from {split.test_from}" if time
             else "at random: no time column") + f" ({', '.join(f'{k} {v.height:,}' for k, v in parts.items())} rows)"
     if removed["unlabelled"]: warnings.append(f"{removed['unlabelled']:,} rows have no label ({target}): runs leave them out and say so")
-    text = settings_text(path, msgspec.structs.replace(source, uri=uri or path), target_name, rule, time, parse_time, found_ids, roles, warnings, note, df.height, df.width)
+    text = settings_text(path, msgspec.structs.replace(source, uri=uri or path), target_name, rule, time, texts, found_ids, roles, warnings, note, df.height, df.width)
     return text, warnings
 
 # %% ../nbs/01a_init.ipynb #78330596

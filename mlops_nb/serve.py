@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -44,9 +44,9 @@ from .evaluate import ModelBundle, champion_version, load_bundle
 from .inference_log import InferenceLog
 
 # %% auto #0
-__all__ = ['log', 'LATENCY_BUCKETS', 'field_type', 'attribute_names', 'request_type', 'RequestError', 'example_row', 'Served',
-           'top_contributions', 'Batcher', 'ServerMetrics', 'Server', 'Contribution', 'Prediction', 'PredictResponse',
-           'Feedback', 'ErrorBody', 'create_app', 'mlops_serve']
+__all__ = ['log', 'LATENCY_BUCKETS', 'field_type', 'attribute_names', 'request_type', 'RequestError', 'iso_times', 'example_row',
+           'Served', 'top_contributions', 'Batcher', 'ServerMetrics', 'Server', 'Contribution', 'Prediction',
+           'PredictResponse', 'Feedback', 'ErrorBody', 'create_app', 'mlops_serve']
 
 # %% ../nbs/06_serve.ipynb #aa80976f
 log = logging.getLogger(__name__)
@@ -105,6 +105,23 @@ def _non_finite(body:bytes) -> list[str]:
         if isinstance(values, list): found += [f"row {i}, field {k!r}: {v}" for i, v in enumerate(values) if bad(v)]
     return found
 
+_EXAMPLES = {"date": "2024-05-31", "datetime": "2024-05-31T14:30:00Z"}
+
+def _iso(value:str|None, family:str, row:int, column:str) -> str|None:
+    if value is None: return None
+    try:
+        if family == "date": return date.fromisoformat(value).isoformat()
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise RequestError(400, f"row {row}, field {column!r}: {value[:40]!r} is not an ISO 8601 {family}, such as {_EXAMPLES[family]}", "validation") from None
+    return (t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)).isoformat(timespec="microseconds")
+
+def iso_times(columns:dict[str, list], families:dict[str, str]) -> dict[str, list]:
+    "`columns` with every date and datetime (as `families` names them) in one ISO 8601 form, datetimes in UTC (a time without a zone is taken as UTC), or a `RequestError` naming the first row and field that is neither."
+    for c, family in families.items():
+        if c in columns: columns[c] = [_iso(v, family, i, c) for i, v in enumerate(columns[c])]
+    return columns
+
 def _contract_breaks(frame:pl.DataFrame, contract:dict|None) -> list[str]:
     "Each row of `frame` that breaks the contract, with why."
     if not contract: return []
@@ -138,6 +155,7 @@ class Served:
     strict: msgspec.json.Decoder = field(init=False)
     loose: msgspec.json.Decoder = field(init=False)  # types and shape only: tells a contract break from a bad request
     schema: dict = field(init=False)
+    times: dict = field(init=False)  # the date and datetime inputs: their families
     example: dict = field(init=False)
 
     def __post_init__(self):
@@ -147,6 +165,7 @@ class Served:
         self.strict = msgspec.json.Decoder(self.request_type)
         self.loose = msgspec.json.Decoder(request_type(spec, contract, self.max_rows, strict=False, context=self.context))
         self.schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in spec["inputs"].items()}
+        self.times = {c: t for c, t in spec["inputs"].items() if t in _EXAMPLES}
         self.attributes = attribute_names([*self.schema, *self.context])
         self.example = example_row(spec, contract)
         self.plan = MatrixPlan.compile(spec, pl.Schema(self.schema))  # built once: a request only runs it
@@ -154,7 +173,7 @@ class Served:
     def columns(self, body:bytes) -> dict[str, list]:
         "The request's values, one list per input column, or a `RequestError` naming the row and field at fault."
         if not body.strip(): raise RequestError(400, 'empty request body: send {"rows": [{...}]} or {"columns": {...}}', "validation")
-        try: return self._columns(self.strict.decode(body))
+        try: return iso_times(self._columns(self.strict.decode(body)), self.times)
         except msgspec.ValidationError as e: strict_error = str(e)  # a subclass of DecodeError: caught first
         except msgspec.DecodeError as e:
             where = _non_finite(body)

@@ -7,7 +7,7 @@ with no edit to what `mlops_init` wrote.
 - Seattle weather (vega_datasets): 1,461 days, the date as text, a label made by a rule.
 
 Two generated tables add the shapes a real table may have: a single feature with a yes/no text label
-(500 rows), and 200 feature columns with an integer time (600 rows)."""
+(500 rows), and 200 columns with an integer time, a date and a datetime written as text (600 rows)."""
 import json
 import shutil
 import subprocess
@@ -56,8 +56,12 @@ def wide(folder:Path) -> Path:
     n = 600
     numbers = {f"c{i:03d}": rng.normal(size=n).round(4) for i in range(190)}
     kinds = {f"k{i}": rng.choice(["a", "b", "c", "d"], n) for i in range(10)}
-    logit = 3*numbers["c000"] - 2*numbers["c001"] + 2*(kinds["k0"] == "a")
-    table = pl.DataFrame({"epoch": 1_700_000_000 + 3600*np.arange(n), **numbers, **kinds, "hit": rng.random(n) < 1/(1 + np.exp(-logit))})
+    opened = np.datetime64("2020-01-01") + rng.integers(0, 1500, n).astype("timedelta64[D]")  # a Parquet date column
+    last_seen = (np.datetime64("2023-01-01T00:00") + rng.integers(0, 525_600, n).astype("timedelta64[m]")).astype(str)  # ISO text
+    summer = np.isin(opened.astype("datetime64[M]").astype(int) % 12, [5, 6, 7])
+    logit = 3*numbers["c000"] - 2*numbers["c001"] + 2*(kinds["k0"] == "a") + 2*summer
+    table = pl.DataFrame({"epoch": 1_700_000_000 + 3600*np.arange(n), **numbers, **kinds, "opened": opened, "last_seen": last_seen,
+                          "hit": rng.random(n) < 1/(1 + np.exp(-logit))})
     table.write_parquet(folder/"wide.parquet")
     return folder/"wide.parquet"
 
@@ -70,7 +74,7 @@ TABLES = {
     "seattle_weather": (seattle_weather, ["--target", "precipitation > 0"],
                         {"time_column": "date", "features": 4, "data_windows": ("1y", [f"{y}-01-01T00:00" for y in (2012, 2013, 2014, 2015)])}),
     "single_feature": (single_feature, ["--target", "answer"], {"time_column": "", "features": 1}),
-    "wide": (wide, ["--target", "hit", "--time", "epoch"], {"time_column": "epoch", "features": 200}),
+    "wide": (wide, ["--target", "hit", "--time", "epoch"], {"time_column": "epoch", "features": 207, "dates": {"opened": "date", "last_seen": "datetime"}}),
 }
 
 
@@ -106,7 +110,8 @@ def first_attempt(request, tmp_path_factory):
             assert server.poll() is None, server.stderr.read()[-3000:]
             time.sleep(0.5)
         sent = [*champion.spec["inputs"], *([settings.data.time_column] if settings.data.time_column else [])]  # the data's time beside the inputs
-        inputs, labels, answers, given = raw.select(sent), labels.to_list(), [], 0
+        inputs = raw.select(sent).with_columns(pl.col(pl.Date, pl.Datetime).dt.to_string())  # JSON carries dates as ISO 8601 text
+        labels, answers, given = labels.to_list(), [], 0
         for start in range(0, raw.height, 500):  # within serve.max_rows per request
             answer = httpx.post(f"{url}/predict", json={"rows": inputs.slice(start, 500).to_dicts()}, timeout=60)
             assert answer.status_code == 200, answer.text
@@ -116,6 +121,9 @@ def first_attempt(request, tmp_path_factory):
                 sent = httpx.post(f"{url}/feedback", json={"request_id": answers[-1]["request_id"], "row": row, "label": int(label)}, timeout=10)
                 assert sent.status_code == 202, sent.text
                 given += 1
+        dates = [c for c, t in champion.spec["inputs"].items() if t in ("date", "datetime")]
+        if dates:  # a date that is not one is refused, naming the row and the column
+            bad = httpx.post(f"{url}/predict", json={"rows": [{**inputs.row(0, named=True), dates[0]: "31/12/2024"}]}, timeout=10)
     finally:
         server.terminate(); server.wait(timeout=60)
     monitored = run(folder, "mlops_monitor", "--out_dir", str(folder/"monitor"))
@@ -129,7 +137,8 @@ def first_attempt(request, tmp_path_factory):
     run_dir = Path(ledger["run_dir"])
     facts = {"init": init, "ledger": ledger, "predictions": sum(len(a["predictions"]) for a in answers), "feedback": given, "rows": raw.height, "seconds": seconds,
              "clean": json.loads((run_dir/"clean"/"clean.json").read_text()), "settings": settings, "expected": expected,
-             "evaluate": json.loads((run_dir/"evaluate"/"evaluate.json").read_text()),
+             "evaluate": json.loads((run_dir/"evaluate"/"evaluate.json").read_text()), "eda": json.loads((run_dir/"eda"/"eda.json").read_text()),
+             "spec": champion.spec, "bad_date": (dates[0], bad.status_code, bad.text) if dates else None,
              "monitor": json.loads((folder/"monitor"/"monitor.json").read_text())}
     if "data_windows" in expected: facts["monitor_by_data_time"] = json.loads((folder/"monitor_by_data_time"/"monitor.json").read_text())
     print(f"\n{name}: {raw.height:,} rows; {facts['clean']['summary']}; {facts['evaluate']['summary']}; "
@@ -146,6 +155,18 @@ def test_init_writes_settings_that_run_as_written(first_attempt):
     assert len(f["clean"]["features"]) == expected["features"]
     assert not set(f["clean"]["features"]) & ({settings.data.target, settings.data.time_column} | set(settings.data.ignore_columns))
     if not settings.data.time_column: assert "at random" in f["clean"]["split_description"]
+
+
+@pytest.mark.slow
+def test_date_columns_are_features_sent_as_text(first_attempt):
+    name, f = first_attempt
+    if "dates" not in f["expected"]: pytest.skip(f"{name}: date features are checked on the table with date columns besides its time")
+    parts = {"date": ["days", "month", "weekday"], "datetime": ["days", "month", "weekday", "hour"]}
+    for column, family in f["expected"]["dates"].items():
+        assert f["spec"]["inputs"][column] == family and f["eda"]["roles"][column] == "date feature"
+        assert all(f"{column}_{p}" in f["spec"]["features"] and f["eda"]["roles"][f"{column}_{p}"] == "derived feature" for p in parts[family])
+    column, status, text = f["bad_date"]
+    assert status == 400 and "row 0" in text and column in text, text
 
 
 @pytest.mark.slow
