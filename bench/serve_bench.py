@@ -40,7 +40,7 @@ BARE_APP = '''
 import os, msgspec, polars as pl, xgboost as xgb
 from mlops_nb.config import load_settings
 from mlops_nb.clean import apply_transform
-from mlops_nb.evaluate import load_bundle
+from mlops_nb.registry import load_bundle
 from mlops_nb.serve import request_type, _POLARS, _JSON_TYPES
 
 bundle = load_bundle(load_settings(os.environ["BENCH_CONFIG"]), alias="champion")
@@ -128,7 +128,8 @@ def wrk(url:str, body:Path, script:Path, connections:int, seconds:float) -> dict
 def registered_model(folder:Path) -> tuple[Path, dict]:
     "A champion trained on the bundled data (every 10th flight, a short study) in a fresh registry."
     from mlops_nb.config import example_settings_file, load_settings, save_settings, stage_run_dir
-    from mlops_nb.evaluate import load_bundle, train_and_register
+    from mlops_nb.evaluate import train_and_register
+    from mlops_nb.registry import load_bundle
     from mlops_nb.ingest import read_snapshot
     settings = load_settings(example_settings_file(), environ={}, state_dir=str(folder/"state"), runs_dir=str(folder/"runs"),
                              data={"sample_every": 10}, tune={"n_trials": 5})

@@ -57,7 +57,7 @@ def latest_run(settings:Settings) -> Path|None:
 
 def champion_card(settings:Settings) -> tuple[str, str]|None:
     "The champion's version and its model card, from the registry."
-    from mlops_nb.evaluate import champion_version
+    from mlops_nb.registry import champion_version
     import mlflow
     from mlops_nb.config import use_tracking
     use_tracking(settings)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -21,42 +18,21 @@ from fastcore.script import Param, call_parse
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from .config import EvaluateSettings, Settings, SplitSettings, git_commit, load_settings, sha256_file, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
+from .config import EvaluateSettings, Settings, SplitSettings, load_settings, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
 from .ingest import redact
 from .clean import apply_transform, describe_split, load_split, load_transform
 from .inference_log import labelled_predictions
+from .registry import ModelBundle, champion_version, find_version, load_bundle, register_model
 
 # %% auto #0
-__all__ = ['log', 'TRANSFORM_FILE', 'CONTRACT_FILE', 'ModelBundle', 'choose_threshold', 'best_f1_threshold',
-           'classification_metrics', 'calibration_table', 'slice_columns', 'slice_metrics', 'plot_curves',
-           'plot_calibration', 'contributions', 'shap_importance', 'plot_shap_summary', 'ModelIntegrityError',
-           'register_model', 'load_bundle', 'champion_version', 'one_row_latency_ms', 'gate_checks', 'labelled_window',
-           'decide_promotion', 'rollback', 'mlops_rollback', 'BehaviourError', 'behaviour_checks', 'require_behaviour',
-           'model_card', 'evaluate_stage', 'find_version', 'reproduce', 'mlops_reproduce', 'run_upstream',
-           'train_and_register']
+__all__ = ['log', 'choose_threshold', 'best_f1_threshold', 'classification_metrics', 'calibration_table', 'slice_columns',
+           'slice_metrics', 'plot_curves', 'plot_calibration', 'contributions', 'shap_importance', 'plot_shap_summary',
+           'one_row_latency_ms', 'gate_checks', 'labelled_window', 'decide_promotion', 'BehaviourError',
+           'behaviour_checks', 'require_behaviour', 'model_card', 'evaluate_stage', 'reproduce', 'mlops_reproduce',
+           'run_upstream', 'train_and_register']
 
 # %% ../nbs/05_evaluate.ipynb #edcc0166
 log = logging.getLogger(__name__)
-
-# %% ../nbs/05_evaluate.ipynb #a37e25b9
-@dataclass
-class ModelBundle:
-    "A booster with the transformation, threshold and registry facts it was trained with."
-    booster: xgb.Booster
-    spec: dict  # the feature transformation
-    threshold: float = 0.5  # probability at or above which a flight is predicted late
-    name: str = ""
-    version: str = ""
-    data_digest: str = ""
-    train_until: str = ""  # first time value after the training rows ('' for a random split)
-    contract: dict|None = None  # the data contract the training data kept; the server holds requests to it
-    git_commit: str = ""  # the code it was trained with
-    run_id: str = ""  # the MLflow run that registered it
-    split: dict|None = None  # the split it was trained with, resolved (SplitSettings' fields)
-
-    def predict_proba(self, df:pl.DataFrame) -> np.ndarray:
-        "Probability of the positive class for each raw row of `df`."
-        return self.booster.inplace_predict(apply_transform(df, self.spec).to_numpy())
 
 # %% ../nbs/05_evaluate.ipynb #3db534ce
 def choose_threshold(y:np.ndarray, proba:np.ndarray, rule:str="best_f1") -> tuple[float, str]:
@@ -174,85 +150,6 @@ def plot_shap_summary(contribs:np.ndarray, X:np.ndarray, names:list[str], top:in
     fig.colorbar(points, ax=ax, label="feature value (rank: low to high)")
     return fig
 
-# %% ../nbs/05_evaluate.ipynb #38031d01
-TRANSFORM_FILE, CONTRACT_FILE = "feature_transform.json", "data_contract.json"
-
-class ModelIntegrityError(RuntimeError):
-    "A registered model file is not the one that was registered."
-
-def _version_of_run(settings:Settings, run_id:str) -> str|None:
-    "The version already registered from run `run_id`, if any."
-    import mlflow
-    found = mlflow.MlflowClient().search_model_versions(f"name = '{settings.model_name}' and run_id = '{run_id}'")
-    return str(found[0].version) if found else None
-
-def register_model(settings:Settings, bundle:ModelBundle, example:pl.DataFrame, tags:dict) -> str:
-    "Log `bundle` in the active run and register it under `settings.model_name`; the version (one per run, retries included)."
-    import mlflow
-    from mlflow.models import infer_signature
-    existing = _version_of_run(settings, mlflow.active_run().info.run_id)
-    if existing: return existing  # a retried registration finds the version the first attempt made
-    features = apply_transform(example, bundle.spec).to_pandas()
-    with tempfile.TemporaryDirectory() as d:
-        extra = [write_json(Path(d)/TRANSFORM_FILE, bundle.spec)]
-        if bundle.contract: extra.append(write_json(Path(d)/CONTRACT_FILE, bundle.contract))
-        info = mlflow.xgboost.log_model(
-            bundle.booster, name="model", model_format="ubj", input_example=features,
-            signature=infer_signature(features, bundle.booster.inplace_predict(features.to_numpy())),
-            metadata={"threshold": bundle.threshold, "data_digest": bundle.data_digest, "train_until": bundle.train_until, "split": bundle.split},
-            extra_files=[str(p) for p in extra], pip_requirements=[f"xgboost=={xgb.__version__}"],
-            registered_model_name=settings.model_name)
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    tags = {**tags, "model_sha256": _registered_sha256(settings, version), "git_commit": git_commit(Path.cwd())}
-    for k, v in tags.items(): client.set_model_version_tag(settings.model_name, version, k, str(v))
-    return version
-
-def _download(settings:Settings, version:str) -> tuple[Path, "Model"]:
-    "A local copy of a registered version's files, and its MLmodel description."
-    import mlflow
-    from mlflow.models import Model
-    local = Path(tempfile.mkdtemp(prefix="model_"))
-    mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}", dst_path=str(local))
-    return local, Model.load(str(local))
-
-def _registered_sha256(settings:Settings, version:str) -> str:
-    "The SHA-256 of the native model file as the registry stores it."
-    local, model = _download(settings, version)
-    try: return sha256_file(local/model.flavors["xgboost"]["data"])
-    finally: shutil.rmtree(local, ignore_errors=True)
-
-# %% ../nbs/05_evaluate.ipynb #92c049c6
-def load_bundle(settings:Settings, alias:str="", version:str="") -> ModelBundle:
-    "The registered model version named by `alias` (e.g. champion) or by `version`."
-    import mlflow
-    use_tracking(settings)
-    client = mlflow.MlflowClient()
-    mv = client.get_model_version_by_alias(settings.model_name, alias) if alias else client.get_model_version(settings.model_name, version)
-    local, model = _download(settings, mv.version)
-    try:
-        model_file = local/model.flavors["xgboost"]["data"]
-        expected, found = mv.tags.get("model_sha256"), sha256_file(model_file)
-        if expected != found:
-            raise ModelIntegrityError(f"{settings.model_name} v{mv.version}: model file SHA-256 {found[:12]} does not match "
-                                      f"the {expected[:12] if expected else 'missing'} recorded at registration: refusing to load it")
-        booster = xgb.Booster(model_file=str(model_file))
-        spec = read_json(local/"extra_files"/TRANSFORM_FILE)
-        contract_path = local/"extra_files"/CONTRACT_FILE
-        contract = read_json(contract_path) if contract_path.exists() else None
-    finally: shutil.rmtree(local, ignore_errors=True)
-    meta = model.metadata or {}
-    return ModelBundle(booster, spec, float(meta["threshold"]), settings.model_name, str(mv.version),
-                       meta.get("data_digest", ""), meta.get("train_until", ""), contract,
-                       mv.tags.get("git_commit", ""), mv.run_id or "", meta.get("split"))
-
-def champion_version(settings:Settings, alias:str="champion") -> str|None:
-    "The version that holds `alias`, or None when no version does."
-    import mlflow
-    use_tracking(settings)
-    try: return str(mlflow.MlflowClient().get_model_version_by_alias(settings.model_name, alias).version)
-    except mlflow.exceptions.MlflowException: return None
-
 # %% ../nbs/05_evaluate.ipynb #29d6a587
 def one_row_latency_ms(bundle:ModelBundle, row:pl.DataFrame, repeats:int=10, rounds:int=5,
                        clocks=(time.perf_counter, time.thread_time)) -> float:
@@ -336,31 +233,6 @@ def decide_promotion(settings:Settings, challenger:ModelBundle, test:pl.DataFram
             "champion_roc_auc": next((c["champion_roc_auc"] for c in checks if c["check"] == "gain"), None),
             "mode": settings.gate.mode, "checks": checks, "passed": passed, "promoted": promoted, "reason": reason,
             "champion_after": champion_version(settings)}
-
-# %% ../nbs/05_evaluate.ipynb #59e7cd05
-def rollback(settings:Settings, version:str="") -> dict:
-    "Move `champion` to `version`, or to the previous champion; the versions before and after."
-    import mlflow
-    use_tracking(settings)
-    client, name = mlflow.MlflowClient(), settings.model_name
-    current = champion_version(settings)
-    target = version or champion_version(settings, "previous_champion")
-    if not target: raise ValueError(f"{name} has no previous champion to roll back to: give a version")
-    client.get_model_version(name, target)  # fails clearly for a version that does not exist
-    client.set_registered_model_alias(name, "champion", target)
-    if current and current != target: client.set_registered_model_alias(name, "previous_champion", current)
-    client.set_model_version_tag(name, target, "rolled_back_to_from", current or "")
-    return {"champion_before": current, "champion_after": target}
-
-@call_parse
-def mlops_rollback(version:Param("the version to make champion; default: the previous champion", str, opt=False, nargs="?")=None,
-                   config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
-                  ):
-    "Give the champion alias back to the previous champion (or to VERSION)."
-    import mlflow
-    try: moved = rollback(load_settings(config), version or "")
-    except (ValueError, mlflow.exceptions.MlflowException) as e: raise SystemExit(f"rollback refused: {e}")
-    print(f"champion: v{moved['champion_before']} -> v{moved['champion_after']}")
 
 # %% ../nbs/05_evaluate.ipynb #cb8f82ec
 class BehaviourError(AssertionError):
@@ -493,16 +365,6 @@ def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dic
     return info
 
 # %% ../nbs/05_evaluate.ipynb #f05f24e9
-def find_version(settings:Settings, ref:str) -> str:
-    "The model version `ref` names: a version number, or the MLflow run id of the pipeline or evaluation that registered it."
-    import mlflow
-    use_tracking(settings)
-    if ref.isdigit(): return ref
-    client = mlflow.MlflowClient()
-    for mv in client.search_model_versions(f"name = '{settings.model_name}'"):
-        if ref in (mv.run_id, mv.tags.get("pipeline_run_id")): return str(mv.version)
-    raise ValueError(f"no version of {settings.model_name} was registered by run {ref!r}")
-
 def reproduce(settings:Settings, version:str) -> dict:
     "Rebuild a registered version from its recorded inputs; whether its predictions match, within 1e-9."
     import mlflow

@@ -202,7 +202,7 @@ def _month_rows(table:pl.DataFrame, month:int) -> pl.DataFrame: return table.fil
 
 def replay(settings:Settings, home:Path, months:list[int]) -> dict:
     "Train on the months before `months[0]`, then replay each month through the server, the monitor and retraining; the story."
-    from mlops_nb.evaluate import champion_version, load_bundle
+    from mlops_nb.registry import champion_version, load_bundle
     from mlops_nb.contract import infer_contract
     from mlops_nb.ingest import read_data, read_source
     from mlops_nb.monitor import monitor_report

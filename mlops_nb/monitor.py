@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings, read_json, write_json
 from .clean import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
-from .evaluate import ModelBundle, load_bundle
+from .registry import ModelBundle, load_bundle
 from .ingest import read_snapshot
 from .inference_log import read_feedback, read_inference_log, store_engine
 

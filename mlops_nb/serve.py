@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from .config import Settings, load_settings
 from .clean import MatrixPlan, apply_transform
 from .contract import find_broken_rows
-from .evaluate import ModelBundle, champion_version, load_bundle
+from .registry import ModelBundle, champion_version, load_bundle
 from .inference_log import InferenceLog
 
 # %% auto #0

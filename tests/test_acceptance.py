@@ -22,7 +22,7 @@ import pytest
 
 from conftest import BIN, ROOT, clean_environ, free_port
 from mlops_nb.config import DataSettings, load_settings
-from mlops_nb.evaluate import load_bundle
+from mlops_nb.registry import load_bundle
 from mlops_nb.ingest import label_rows
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import BIN, free_port, fresh_database, small_project_environ
 from mlops_nb.config import load_settings
-from mlops_nb.evaluate import champion_version
+from mlops_nb.registry import champion_version
 
 
 class LateRelay:

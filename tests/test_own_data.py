@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 
 from conftest import BIN, ROOT
 from mlops_nb.config import load_settings
-from mlops_nb.evaluate import load_bundle
+from mlops_nb.registry import load_bundle
 from mlops_nb.monitor import monitor_report
 from mlops_nb.serve import create_app
 

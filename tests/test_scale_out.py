@@ -9,7 +9,7 @@ import pytest
 
 from conftest import BIN, EXAMPLE, ROOT, clean_environ, free_port, fresh_database, small_project_environ
 from mlops_nb.config import load_settings
-from mlops_nb.evaluate import champion_version, load_bundle
+from mlops_nb.registry import champion_version, load_bundle
 
 
 @pytest.fixture
