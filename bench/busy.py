@@ -62,7 +62,8 @@ def environment(**values):
 
 def prepared_run(work:Path, every:int, trials:int):
     "Settings and a run folder holding the ingest and clean stages' outputs, ready for the tune stage."
-    from mlops_nb.config import example_settings_file, load_settings, save_settings
+    from mlops_nb.config import example_settings_file, load_settings
+    from mlops_nb.runs import save_settings
     from mlops_nb.clean import clean_stage
     from mlops_nb.ingest import ingest_stage
     settings = load_settings(example_settings_file(), environ={}, state_dir=str(work/"state"), runs_dir=str(work/"runs"),

@@ -68,7 +68,8 @@ def _settings(work: Path):
 def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
     "Generate and write the data; infer the contract and fit the transformation on a sample (not timed against anything)."
     import polars as pl
-    from mlops_nb.config import example_settings_file, load_settings, write_json
+    from mlops_nb.config import example_settings_file, load_settings
+    from mlops_nb.runs import write_json
     from mlops_nb.synthetic import generate_flights, write_flights
     from mlops_nb.ingest import join_sources, label_rows
     from mlops_nb.contract import infer_contract
@@ -99,7 +100,7 @@ def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
 def polars_streaming(work: Path, out: Path) -> dict:
     "One lazy query from the Parquet files to the features, built from the library's functions, sunk with the streaming engine."
     import polars as pl
-    from mlops_nb.config import read_json
+    from mlops_nb.runs import read_json
     from mlops_nb.ingest import read_data, scan_source
     from mlops_nb.contract import rows_keeping_contract
     from mlops_nb.clean import apply_transform
@@ -116,7 +117,7 @@ def polars_streaming(work: Path, out: Path) -> dict:
 
 def polars_eager_library(work: Path, out: Path) -> dict:
     "The path the ingest stage takes today: read_data (eager), enforce_contract, apply_transform on a DataFrame."
-    from mlops_nb.config import read_json
+    from mlops_nb.runs import read_json
     from mlops_nb.ingest import read_data
     from mlops_nb.contract import enforce_contract
     from mlops_nb.clean import apply_transform

@@ -63,7 +63,7 @@ def prepare(run_dir: str, rows: int) -> dict:
     from mlops_nb.synthetic import generate_flights
     from mlops_nb.ingest import join_sources, label_rows
     from mlops_nb.clean import usable_rows, split_rows, choose_features, fit_transform
-    from mlops_nb.config import write_json
+    from mlops_nb.runs import write_json
     settings, out = _settings(), Path(run_dir)/"clean"
     d = settings.data
     start = time.perf_counter()

@@ -16,7 +16,8 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from .config import Settings, DataSettings, FeatureSettings, SplitSettings, stage_folder, stage_run, write_json, read_json
+from .config import Settings, DataSettings, FeatureSettings, SplitSettings
+from .runs import read_json, stage_folder, stage_run, write_json
 from .contract import free_name, schema_of, sql_columns, sql_identifier, type_family
 from .ingest import load_stage_snapshot, read_snapshot
 

@@ -5,14 +5,10 @@
 # %% ../nbs/00_config.ipynb #5a83bb87
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -21,9 +17,8 @@ import msgspec
 # %% auto #0
 __all__ = ['TRANSIENT_ERRORS', 'ENV_PREFIX', 'SourceSettings', 'JoinSettings', 'DataSettings', 'FeatureSettings', 'SplitSettings',
            'TuneSettings', 'EvaluateSettings', 'GateSettings', 'ServeSettings', 'AlertRule', 'MonitorSettings',
-           'ScheduleSettings', 'PipelineSettings', 'Settings', 'load_settings', 'write_atomic', 'write_json',
-           'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file', 'example_settings_file',
-           'standalone_settings', 'stage_run_dir', 'use_tracking', 'stage_run']
+           'ScheduleSettings', 'PipelineSettings', 'Settings', 'load_settings', 'example_settings_file',
+           'standalone_settings']
 
 # %% ../nbs/00_config.ipynb #b493d55d
 class SourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -305,50 +300,6 @@ def load_settings(path:str|Path|None=None, # TOML or JSON file; None: `MLOPS_CON
         settings = msgspec.structs.replace(settings, data=msgspec.structs.replace(settings.data, source=next(iter(settings.data.sources))))
     return _absolute(settings, Path(path).parent if path else Path.cwd())
 
-# %% ../nbs/00_config.ipynb #29b36855
-def write_atomic(path:str|Path, data:bytes|str) -> Path:
-    "Write `data` to `path` through a temporary file in the same folder and a rename."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f: f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-    return path
-
-def write_json(path:str|Path, obj) -> Path:
-    "Write `obj` as indented JSON, atomically."
-    return write_atomic(path, msgspec.json.format(msgspec.json.encode(obj), indent=2))
-
-def read_json(path:str|Path):
-    "The JSON document in `path`."
-    return json.loads(Path(path).read_text())
-
-def save_settings(settings:Settings, path:str|Path) -> Path:
-    "Write `settings` as JSON that `load_settings` reads back."
-    return write_json(path, msgspec.to_builtins(settings))
-
-def git_commit(path:str|Path) -> str:
-    "The commit checked out at `path`, or '' outside a git repository."
-    try: return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError): return ""
-
-@contextmanager
-def stage_folder(run_dir:str|Path, name:str):
-    "A stage's output folder `run_dir/name`, written as `name.partial` and renamed into place only when the stage completes."
-    final, partial = Path(run_dir)/name, Path(run_dir)/f"{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # an interrupted attempt's
-    partial.mkdir(parents=True)
-    yield partial
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-
-def sha256_file(path:str|Path) -> str:
-    "The SHA-256 of a file's bytes."
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): digest.update(block)
-    return digest.hexdigest()
-
 # %% ../nbs/00_config.ipynb #2b34beaa
 def example_settings_file(name:str="flights") -> Path:
     "The settings file of a worked example in the project's `examples/` folder."
@@ -366,35 +317,3 @@ def standalone_settings(**overrides) -> Settings:
                  gate={"latency_budget_ms": 500.0})  # tests run side by side on a shared machine
     return load_settings(example_settings_file(), environ={}, **_merge(quick, overrides))
 
-def stage_run_dir(settings:Settings, run_dir:str|Path="") -> Path:
-    "The run folder a stage works in: `run_dir` when the pipeline gives one, else a new one under `runs_dir`."
-    path = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="standalone_", dir=_mkdir(settings.runs_dir)))
-    return _mkdir(path)
-
-def _mkdir(path) -> Path:
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    return path
-
-# %% ../nbs/00_config.ipynb #d5633d9e
-def use_tracking(settings:Settings) -> str:
-    "Point MLflow at the settings' tracking store and experiment; return the experiment id."
-    import mlflow
-    if settings.tracking_uri == "": _mkdir(settings.state)
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
-    exp = mlflow.get_experiment_by_name(settings.experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(settings.experiment, artifact_location=settings.artifacts_uri or None)
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
-
-@contextmanager
-def stage_run(settings:Settings, # where MLflow tracks
-              stage:str, # run name, e.g. "01_ingest"
-              parent_run_id:str="", # the pipeline's run; empty for a standalone stage
-             ):
-    "An MLflow run for one stage, nested under the pipeline's run when there is one."
-    import mlflow
-    use_tracking(settings)
-    tags = {"mlops_nb.stage": stage}
-    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id or None, tags=tags) as run:
-        yield run

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .config import write_json, read_json
+from .runs import read_json, write_json
 
 # %% auto #0
 __all__ = ['ContractError', 'schema_of', 'sql_identifier', 'free_name', 'sql_columns', 'type_family', 'infer_contract',

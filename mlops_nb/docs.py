@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fastcore.script import call_parse
 
-from .config import Settings, load_settings, read_json
+from .config import Settings, load_settings
+from .runs import read_json
 from .pipeline import notebooks_dir
 
 # %% auto #0
@@ -59,7 +60,7 @@ def champion_card(settings:Settings) -> tuple[str, str]|None:
     "The champion's version and its model card, from the registry."
     from mlops_nb.registry import champion_version
     import mlflow
-    from mlops_nb.config import use_tracking
+    from mlops_nb.runs import use_tracking
     use_tracking(settings)
     version = champion_version(settings)
     if version is None: return None

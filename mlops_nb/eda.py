@@ -12,7 +12,8 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from .config import Settings, stage_folder, stage_run, write_json
+from .config import Settings
+from .runs import stage_folder, stage_run, write_json
 from .contract import type_family
 from .ingest import load_stage_snapshot, read_snapshot
 

@@ -18,7 +18,8 @@ from fastcore.script import Param, call_parse
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from .config import EvaluateSettings, Settings, SplitSettings, load_settings, stage_folder, stage_run, use_tracking, write_atomic, write_json, read_json
+from .config import EvaluateSettings, Settings, SplitSettings, load_settings
+from .runs import read_json, stage_folder, stage_run, use_tracking, write_atomic, write_json
 from .ingest import redact
 from .clean import apply_transform, describe_split, load_split, load_transform
 from .inference_log import labelled_predictions

@@ -22,7 +22,8 @@ import polars as pl
 from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
-from .config import Settings, example_settings_file, load_settings, read_json, save_settings, write_json
+from .config import Settings, example_settings_file, load_settings
+from .runs import read_json, save_settings, write_json
 from .pipeline import RunLocked, StageFailed, Unreachable, run_pipeline
 
 # %% auto #0

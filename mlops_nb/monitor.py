@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
-from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings, read_json, write_json
+from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings
+from .runs import read_json, write_json
 from .clean import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
 from .registry import ModelBundle, load_bundle
@@ -409,7 +410,7 @@ def report_html(executed:Path) -> str:
 
 def run_monitor(settings:Settings, out:Path) -> dict:
     "Execute the monitoring notebook for `settings` into `out`, write `report.html`, log it all to MLflow; the report."
-    from mlops_nb.config import save_settings, use_tracking
+    from mlops_nb.runs import save_settings, use_tracking
     from mlops_nb.pipeline import execute_bounded, notebooks_dir
     import mlflow
     nbs, p = notebooks_dir(settings), settings.pipeline

@@ -28,7 +28,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import mlops_nb
 
-from .config import PipelineSettings, Settings, git_commit, load_settings, save_settings, sha256_file, use_tracking, write_json, read_json
+from .config import PipelineSettings, Settings, load_settings
+from .runs import git_commit, read_json, save_settings, sha256_file, use_tracking, write_json
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'kill_tree', 'pipeline_notebook',

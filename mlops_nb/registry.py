@@ -15,7 +15,8 @@ import polars as pl
 import xgboost as xgb
 from fastcore.script import Param, call_parse
 
-from .config import Settings, git_commit, load_settings, read_json, sha256_file, use_tracking, write_json
+from .config import Settings, load_settings
+from .runs import git_commit, read_json, sha256_file, use_tracking, write_json
 from .clean import apply_transform
 
 # %% auto #0

@@ -22,7 +22,8 @@ from fastcore.script import call_parse
 from matplotlib.figure import Figure
 from optuna_integration import XGBoostPruningCallback
 
-from .config import Settings, TuneSettings, stage_folder, stage_run, write_json, read_json
+from .config import Settings, TuneSettings
+from .runs import read_json, stage_folder, stage_run, write_json
 from .clean import apply_transform, load_split, load_transform
 
 # %% auto #0

@@ -120,7 +120,7 @@ def test_monitor_reads_the_served_predictions(server, trained, project):
     html = (out_dir/"report.html").read_text()
     assert "Drift and performance" in html and html.count("<img") >= 3 and "http" not in html.replace("http://127.0.0.1", "")
     import mlflow  # the report is in MLflow too, as a run of its own
-    from mlops_nb.config import use_tracking
+    from mlops_nb.runs import use_tracking
     use_tracking(load_settings(environ=project[1]))
     [run] = mlflow.search_runs(filter_string=f"tags.`mlops_nb.kind` = 'monitor' and tags.model_version = '{trained['champion']}'",
                                output_format="list", max_results=1, order_by=["attribute.start_time DESC"])

@@ -85,7 +85,8 @@ def test_three_workers_join_a_runs_study_and_its_best_is_registered_once(tmp_pat
     import mlflow
     from pathlib import Path
     from mlops_nb.clean import clean_stage
-    from mlops_nb.config import save_settings, standalone_settings, stage_run_dir, use_tracking
+    from mlops_nb.config import standalone_settings
+    from mlops_nb.runs import save_settings, stage_run_dir, use_tracking
     from mlops_nb.evaluate import evaluate_stage
     from mlops_nb.ingest import ingest_stage
     from mlops_nb.tune import study_name, tune_stage
@@ -121,7 +122,8 @@ def test_training_on_a_dask_cluster_matches_one_process():
     from distributed import LocalCluster
     from sklearn.metrics import roc_auc_score
     from mlops_nb.clean import clean_stage, load_split, load_transform
-    from mlops_nb.config import standalone_settings, stage_run_dir
+    from mlops_nb.config import standalone_settings
+    from mlops_nb.runs import stage_run_dir
     from mlops_nb.ingest import ingest_stage
     from mlops_nb.tune import load_tuned, to_dmatrix, train_booster, tune_stage
     settings = standalone_settings(data={"sample_every": 10})
