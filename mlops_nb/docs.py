@@ -17,7 +17,7 @@ from fastcore.script import call_parse
 
 from .config import Settings, load_settings
 from .runs import read_json
-from .pipeline import notebooks_dir
+from .runner import notebooks_dir
 
 # %% auto #0
 __all__ = ['log', 'SPHINX_CONF', 'execute_notebook', 'latest_run', 'champion_card', 'run_pages', 'sidebar_sections',

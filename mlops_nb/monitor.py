@@ -411,9 +411,9 @@ def report_html(executed:Path) -> str:
 def run_monitor(settings:Settings, out:Path) -> dict:
     "Execute the monitoring notebook for `settings` into `out`, write `report.html`, log it all to MLflow; the report."
     from mlops_nb.runs import save_settings, use_tracking
-    from mlops_nb.pipeline import execute_bounded, notebooks_dir
+    from mlops_nb.runner import execute_bounded, notebooks_dir
     import mlflow
-    nbs, p = notebooks_dir(settings), settings.pipeline
+    nbs, p = notebooks_dir(settings, ["07_monitor"]), settings.pipeline
     executed = out/"07_monitor.ipynb"
     params = {"config": str(save_settings(settings, out/"settings.json")), "out_dir": str(out)}
     failure = execute_bounded(nbs/"07_monitor.ipynb", executed, params, p.kernel, nbs, p.stage_timeouts.get("07_monitor", p.stage_timeout), p.start_timeout)

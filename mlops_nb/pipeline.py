@@ -14,7 +14,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -26,15 +25,15 @@ from fastcore.script import call_parse
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-import mlops_nb
 
 from .config import PipelineSettings, Settings, load_settings
+from .runner import execute_bounded, notebooks_dir
 from .runs import git_commit, read_json, save_settings, sha256_file, use_tracking, write_json
 
 # %% auto #0
-__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'notebooks_dir', 'new_run_id', 'kill_tree', 'pipeline_notebook',
-           'execute_bounded', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable', 'is_transient', 'with_retries',
-           'package_versions', 'run_pipeline', 'stage_outputs', 'mlops_run', 'run_summaries', 'mlops_runs']
+__all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable',
+           'is_transient', 'with_retries', 'package_versions', 'run_pipeline', 'stage_outputs', 'mlops_run',
+           'run_summaries', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -49,104 +48,14 @@ class StageFailed(RuntimeError):
         super().__init__(message)
         self.transient = transient
 
-def notebooks_dir(settings:Settings) -> Path:
-    "The folder of the stage notebooks: configured, or the project's `nbs/`."
-    path = Path(settings.pipeline.notebooks_dir) if settings.pipeline.notebooks_dir else Path(mlops_nb.__file__).parents[1]/"nbs"
-    missing = [s for s in STAGES if not (path/f"{s}.ipynb").exists()]
-    if missing: raise FileNotFoundError(f"stage notebooks {missing} not found in {path}: set pipeline.notebooks_dir")
-    return path
-
 def new_run_id() -> str:
     "A sortable, unique run id: UTC time and a random suffix."
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
-# %% ../nbs/08_pipeline.ipynb #06d32171
-def _ipc_kernel_manager(folder:str):
-    "A kernel manager class whose kernels use socket files in `folder` instead of TCP ports."
-    import traitlets
-    from jupyter_client.manager import AsyncKernelManager
-    class IPCKernelManager(AsyncKernelManager):
-        transport = traitlets.CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
-        ip = traitlets.Unicode(os.path.join(folder, "kernel"), config=True)  # not the notebook's folder, where a killed kernel's files would stay
-        async def _async_interrupt_kernel(self):
-            if self.shutting_down: return  # a shutdown request follows; the interrupt would only log "KeyboardInterrupt caught in kernel"
-            await super()._async_interrupt_kernel()
-    return IPCKernelManager
-
-# %% ../nbs/08_pipeline.ipynb #658016a3
-def kill_tree(pid:int) -> None:
-    "Kill process `pid` and every process under it (a Jupyter kernel runs in a session of its own, so a process group is not enough)."
-    import psutil
-    try: root = psutil.Process(pid)
-    except psutil.NoSuchProcess: return
-    procs = root.children(recursive=True) + [root]
-    for p in procs:
-        try: p.kill()
-        except psutil.NoSuchProcess: pass
-    psutil.wait_procs(procs, timeout=10)
-
-def _die_with_parent(parent:int):
-    "Kill this process and its kernel as soon as the runner `parent` is gone (even by SIGKILL, even before this started)."
-    import threading
-    def watch():
-        while os.getppid() == parent: time.sleep(0.2)
-        kill_tree(os.getpid())
-    threading.Thread(target=watch, daemon=True).start()
-
-def _runs_in_pipeline(cell) -> bool:
-    tags = cell.get("metadata", {}).get("tags", [])
-    return (cell["cell_type"] == "markdown" or "parameters" in tags or "pipeline" in tags
-            or bool(re.match(r"(#\|.*\n)*#\|\s*export\s*$", cell["source"], re.M)))
-
-def pipeline_notebook(source:Path):
-    "Notebook `source` as a headless run executes it: its prose, its definitions (`#| export`), its parameters and the cells tagged `pipeline`; not its tests."
-    import nbformat
-    nb = nbformat.read(source, as_version=4)
-    nb.cells = [c for c in nb.cells if _runs_in_pipeline(c)]
-    return nb
-
-def _papermill_child(conn, runner:int, source:str, dest:str, params:dict, kernel:str, cwd:str, start_timeout:float, progress:dict|bool, sockets:str):
-    "Execute the notebook; send back None, or why it failed and the exception a cell raised ('' when none did)."
-    _die_with_parent(runner)
-    for name in [n for n in os.environ if n.startswith("MLOPS_")]: del os.environ[name]  # the run's settings file says it all
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # XGBoost's idle OpenMP threads sleep instead of spinning
-    import papermill as pm
-    try:
-        pm.execute_notebook(pipeline_notebook(source), dest, parameters=params, kernel_name=kernel, cwd=cwd, progress_bar=progress, log_output=False,
-                            start_timeout=start_timeout, kernel_manager_class=_ipc_kernel_manager(sockets))
-        conn.send(None)
-    except pm.PapermillExecutionError as e: conn.send((f"failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}", f"{e.ename}: {e.evalue}"))
-    except Exception as e:
-        kind = type(e).__name__
-        conn.send((f"failed: the kernel died ({kind}: {e})" if "DeadKernel" in kind else
-                   f"failed: the kernel did not start within {start_timeout} s ({kind}: {e})" if "Timeout" in kind and "start" in str(e).lower() else
-                   f"failed: {kind}: {e}", ""))
-
-def execute_bounded(source:Path, dest:Path, params:dict, kernel:str, cwd:Path, timeout:float, start_timeout:float=60.0,
-                    progress:dict|bool=False, # papermill's progress bar: False, or tqdm's arguments
-                   ) -> tuple[str, str]|None:
-    "Execute notebook `source` (`pipeline_notebook`'s cells) into `dest` within `timeout` seconds; None, or why it failed and the exception a cell raised ('' when none did)."
-    import multiprocessing
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or locks inherited from the runner
-    receive, send = ctx.Pipe(duplex=False)
-    from mlops_nb.pipeline import _papermill_child  # by its module: the spawned interpreter imports it from there
-    sockets = tempfile.mkdtemp(prefix="mlops_kernel_")
-    child = ctx.Process(target=_papermill_child, args=(send, os.getpid(), str(source), str(dest), params, kernel, str(cwd), start_timeout, progress, sockets))
-    child.start()
-    send.close()
-    try:
-        if not receive.poll(timeout):
-            return f"timed out after {timeout:g} s: killed with its kernel (pipeline.stage_timeout / stage_timeouts)", ""
-        try: return receive.recv()
-        except EOFError: return f"failed: the stage's process ended without an answer (exit code {child.join(5) or child.exitcode})", ""
-    finally:
-        if child.is_alive(): kill_tree(child.pid)
-        child.join(10)
-        shutil.rmtree(sockets, ignore_errors=True)
-
+# %% ../nbs/08_pipeline.ipynb #977508b5
 def execute_stage(stage:str, run_dir:Path, settings:Settings, parent_run_id:str, progress:bool=False) -> Path:
     "Execute one stage notebook into `run_dir`; the executed notebook's path. An earlier attempt's is kept as `<stage>.failed-N.ipynb`."
-    nbs, p = notebooks_dir(settings), settings.pipeline
+    nbs, p = notebooks_dir(settings, STAGES), settings.pipeline
     executed = Path(run_dir)/f"{stage}.ipynb"
     if executed.exists(): executed.rename(executed.with_suffix(f".failed-{len(list(Path(run_dir).glob(f'{stage}.failed-*.ipynb'))) + 1}.ipynb"))
     params = {"config": str(Path(run_dir)/"settings.json"), "run_dir": str(run_dir), "parent_run_id": parent_run_id}
