@@ -9,7 +9,7 @@ Makes a training reference (200,000 rows) and a window of logged predictions (1,
 (a shifted mean, a wider spread, more missing values, changed category shares, unseen categories),
 and writes both once as Parquet into a temporary folder. Then, on those files:
 
-- this project: `mlops_nb.monitor.drift_table` with the default `MonitorSettings`, in this process,
+- this project: `mlops_nb.drift.drift_table` with the default `MonitorSettings`, in this process,
   timed `--repeat` times (the median counts);
 - Evidently 0.7: `Report([DataDriftPreset()])`, its default preset, in its own virtualenv
   (bench/.venv-evidently, made from bench/evidently-requirements.txt on the first run: Evidently
@@ -113,7 +113,7 @@ def write_frames(folder: Path, reference_rows: int, current_rows: int) -> dict:
 def time_project(paths: dict, repeat: int, profile: bool) -> dict:
     "Read both files with polars, then time `drift_table` `repeat` times; optionally profile one more call."
     from mlops_nb.config import load_settings
-    from mlops_nb.monitor import drift_table
+    from mlops_nb.drift import drift_table
     monitor = load_settings(environ={}).monitor
     start = time.perf_counter()
     reference, current = pl.read_parquet(paths["reference"]), pl.read_parquet(paths["current"])
@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
 
     ratio = evidently["seconds"]/project["seconds"]
     report = {"benchmark": "feature drift of logged predictions against a training reference: "
-                           "mlops_nb.monitor.drift_table against Evidently's Report([DataDriftPreset()])",
+                           "mlops_nb.drift.drift_table against Evidently's Report([DataDriftPreset()])",
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": ("bench/monitor_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
               "seed": SEED, "reference_rows": a.reference, "current_rows": a.current,

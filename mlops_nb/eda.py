@@ -8,19 +8,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
 from .config import Settings
 from .runs import stage_folder, stage_run, write_json
 from .contract import type_family
+from .drift import drift_table
 from .ingest import load_stage_snapshot, read_snapshot
 
 # %% auto #0
-__all__ = ['log', 'column_summary', 'missing_table', 'target_rate_by', 'target_rate_over_time', 'target_correlations', 'psi',
-           'period_shift', 'plot_rates', 'plot_over_time', 'plot_distributions', 'plot_correlations', 'plot_shift',
-           'column_roles', 'eda_report', 'eda_stage']
+__all__ = ['log', 'column_summary', 'missing_table', 'target_rate_by', 'target_rate_over_time', 'target_correlations',
+           'plot_rates', 'plot_over_time', 'plot_distributions', 'plot_correlations', 'plot_shift', 'column_roles',
+           'eda_report', 'eda_stage']
 
 # %% ../nbs/02_eda.ipynb #1b24dfca
 log = logging.getLogger(__name__)
@@ -65,40 +65,6 @@ def target_correlations(df:pl.DataFrame, numeric:list[str], target:str="late") -
     rows = [{"feature": c, "correlation": df.select(pl.corr(pl.col(c).cast(pl.Float64), pl.col(target).cast(pl.Float64))).item()}
             for c in numeric]
     return pl.DataFrame(rows, schema={"feature": pl.String, "correlation": pl.Float64}).sort(pl.col("correlation").abs(), descending=True, nulls_last=True)
-
-# %% ../nbs/02_eda.ipynb #0012dc85
-def _shares(values:np.ndarray, edges:np.ndarray|None, categories:np.ndarray|None) -> np.ndarray:
-    "Share of `values` per bin: the bins of `edges` or one per category (plus 'other'), then missing."
-    missing = np.isnan(values)
-    present = values[~missing]
-    if categories is not None:
-        idx = np.searchsorted(categories, present)
-        known = (idx < len(categories)) & (categories[np.minimum(idx, len(categories) - 1)] == present)
-        counts = np.append(np.bincount(idx[known], minlength=len(categories)), (~known).sum())
-    else: counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
-    return np.append(counts, missing.sum())/max(len(values), 1)
-
-def psi(reference:np.ndarray, current:np.ndarray, bins:int=10, categorical:bool=False, floor:float=1e-4) -> float:
-    "Population stability index of `current` against `reference`."
-    reference, current = np.asarray(reference, float), np.asarray(current, float)
-    known = np.unique(reference[~np.isnan(reference)])
-    if categorical or len(known) <= bins: edges, categories = None, known
-    else: edges, categories = np.unique(np.quantile(reference[~np.isnan(reference)], np.linspace(0, 1, bins + 1)[1:-1])), None
-    r, c = (np.clip(_shares(x, edges, categories), floor, None) for x in (reference, current))
-    return float(np.sum((c - r)*np.log(c/r)))
-
-def _codes(s:pl.Series, categories:list) -> np.ndarray:
-    "Category values as float codes (NaN for missing), in a shared code book."
-    return s.cast(pl.String).replace_strict(categories, list(map(float, range(len(categories)))), default=float("nan"),
-                                            return_dtype=pl.Float64).to_numpy()
-
-def period_shift(reference:pl.DataFrame, current:pl.DataFrame, numeric:list[str], categorical:list[str]) -> pl.DataFrame:
-    "PSI of each feature of `current` against `reference`, largest first."
-    rows = [{"feature": c, "psi": psi(reference[c].cast(pl.Float64).to_numpy(), current[c].cast(pl.Float64).to_numpy())} for c in numeric]
-    for c in categorical:
-        book = sorted(set(reference[c].drop_nulls().cast(pl.String)) | set(current[c].drop_nulls().cast(pl.String)))
-        rows.append({"feature": c, "psi": psi(_codes(reference[c], book), _codes(current[c], book), categorical=True)})
-    return pl.DataFrame(rows, schema={"feature": pl.String, "psi": pl.Float64}).sort("psi", descending=True)
 
 # %% ../nbs/02_eda.ipynb #1865efe5
 def _grid(n:int, width:float=12, height:float=2.8, empty:str="nothing to show") -> tuple[Figure, list]:
@@ -158,10 +124,10 @@ def plot_correlations(df:pl.DataFrame, numeric:list[str]) -> Figure:
     return fig
 
 def plot_shift(shift:pl.DataFrame, threshold:float=0.2, title:str="Shift between training and test periods") -> Figure:
-    "Horizontal bars of PSI per feature, with the threshold of a large shift."
+    "Horizontal bars of PSI per feature, red where the feature shifted (any effect size above its bound), with the PSI bound."
     fig = Figure(figsize=(8, 0.3*shift.height + 1.5), layout="constrained")
     ax = fig.subplots()
-    colours = ["tab:red" if v > threshold else "tab:blue" for v in shift["psi"]]
+    colours = ["tab:red" if shifted else "tab:blue" for shifted in shift["drifted"]]
     ax.barh(shift["feature"].to_list()[::-1], shift["psi"].to_list()[::-1], color=colours[::-1])
     ax.axvline(threshold, color="black", linestyle="--", label=f"large shift ({threshold})")
     ax.set(title=title, xlabel="population stability index (PSI)", ylabel="feature")
@@ -206,14 +172,14 @@ def eda_report(df:pl.DataFrame, settings:Settings) -> tuple[dict, dict]:
     correlations = target_correlations(df, numeric, target)
     tables = {"roles": roles, "summary": column_summary(df), "missing": missing_table(df), "correlations": correlations,
               "rate_over_time": target_rate_over_time(df, data.time_column, target) if data.time_column else pl.DataFrame(),
-              "shift_train_test": period_shift(train, test, numeric, categorical),
+              "shift_train_test": drift_table(train, test, numeric, categorical, settings.monitor),
               **{f"rate_by_{c}": target_rate_by(df, c, target, top=25) for c in categorical}}
     strongest = correlations.drop_nulls()["feature"].head(6).to_list()
     figures = {"rate_by_category": plot_rates({c: tables[f"rate_by_{c}"] for c in categorical[:9]}, target),
                "rate_over_time": plot_over_time(tables["rate_over_time"], target, data.time_column),
                "distributions": plot_distributions(df, strongest, target, settings.features.units),
                "correlations": plot_correlations(df, numeric),
-               "shift_train_test": plot_shift(tables["shift_train_test"])}
+               "shift_train_test": plot_shift(tables["shift_train_test"], settings.monitor.thresholds["psi"])}
     return tables, figures
 
 def eda_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
@@ -225,7 +191,7 @@ def eda_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
         for name, table in tables.items(): table.write_csv(out/f"{name}.csv")
         for name, fig in figures.items(): fig.savefig(out/f"{name}.png", dpi=100)
         rate = float(df[settings.data.target].mean())
-        shifted = tables["shift_train_test"].filter(pl.col("psi") > 0.2)["feature"].to_list()
+        shifted = tables["shift_train_test"].filter("drifted")["feature"].to_list()  # above a bound of monitor.thresholds
         with stage_run(settings, "02_eda", parent_run_id):
             mlflow.log_artifacts(str(out), "eda")
             mlflow.log_metric("positive_rate", rate)

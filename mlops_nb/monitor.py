@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,16 +20,15 @@ from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_se
 from .runs import read_json, write_json
 from .clean import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
+from .drift import compare, drift_reference
 from .registry import ModelBundle, load_bundle
 from .ingest import read_snapshot
 from .inference_log import read_feedback, read_inference_log, store_engine
 
 # %% auto #0
-__all__ = ['log', 'ALERTS', 'features_as_sent', 'NumberReference', 'CategoryReference', 'drift_reference', 'psi_of_counts',
-           'js_distance', 'wasserstein_on_grid', 'compare', 'drift_table', 'assign_windows', 'measured_performance',
-           'estimated_performance', 'training_reference', 'window_table', 'fired_alerts', 'record_alerts',
-           'read_alerts', 'plot_drift', 'plot_drift_over_time', 'plot_performance', 'monitor_report', 'report_html',
-           'run_monitor', 'mlops_monitor']
+__all__ = ['log', 'ALERTS', 'features_as_sent', 'assign_windows', 'measured_performance', 'estimated_performance',
+           'training_reference', 'window_table', 'fired_alerts', 'record_alerts', 'read_alerts', 'plot_drift',
+           'plot_drift_over_time', 'plot_performance', 'monitor_report', 'report_html', 'run_monitor', 'mlops_monitor']
 
 # %% ../nbs/07_monitor.ipynb #47bda232
 log = logging.getLogger(__name__)
@@ -43,126 +41,6 @@ def features_as_sent(df:pl.DataFrame, spec:dict) -> pl.DataFrame:
     if derived: df = df.with_columns(derived)
     return df.select([pl.col(c).cast(pl.Float64).fill_nan(None) for c in spec["numeric"]] +
                      [pl.col(c).cast(pl.String) for c in spec["categorical"]])
-
-# %% ../nbs/07_monitor.ipynb #7a08d587
-_TAIL = np.geomspace(0.0002, 0.01, 12)[:-1]
-_GRID = np.concatenate([_TAIL, np.linspace(0, 1, 201)[1:-1], 1 - _TAIL[::-1]])  # every half percentile, denser in the tails
-_DECILES = np.searchsorted(_GRID, np.linspace(0, 1, 11)[1:-1] - 1e-9)
-
-@dataclass
-class NumberReference:
-    "A numeric feature in the reference: its grid of percentiles (and extremes), counts on it, missing share and spread."
-    edges: np.ndarray
-    deciles: np.ndarray  # positions of the deciles in `edges`
-    counts: np.ndarray  # per bin of the grid: (-inf, edges[0]], ..., (edges[-1], inf)
-    missing: int
-    std: float
-
-@dataclass
-class CategoryReference:
-    "A categorical feature in the reference: how often each value occurs, and how often none."
-    counts: dict[str, int]
-    missing: int
-
-def _numbers(df:pl.DataFrame, grids:dict[str, np.ndarray]) -> dict[str, dict]:
-    "For each numeric column: its counts on `grids[column]`, missing count, and its mass below and above the grid, in one polars pass."
-    if not grids: return {}
-    exprs = []
-    for c, edges in grids.items():
-        x = pl.col(c).cast(pl.Float64).fill_nan(None)
-        exprs += [x.hist(bins=[-np.inf, *edges, np.inf]).implode().alias(f"{c}\0counts"), x.null_count().alias(f"{c}\0missing"),
-                  (edges[0] - x).clip(lower_bound=0).sum().alias(f"{c}\0below"), (x - edges[-1]).clip(lower_bound=0).sum().alias(f"{c}\0above")]
-    row = df.select(exprs).row(0, named=True)
-    return {c: {"counts": np.asarray(row[f"{c}\0counts"], float), "missing": row[f"{c}\0missing"],
-                "below": row[f"{c}\0below"] or 0.0, "above": row[f"{c}\0above"] or 0.0} for c in grids}
-
-def _categories(df:pl.DataFrame, columns:list[str]) -> dict[str, tuple[dict[str, int], int]]:
-    "For each categorical column: the count of each value, and of missing values."
-    out = {}
-    for c in columns:
-        counts = df[c].cast(pl.String).value_counts()
-        values = dict(zip(counts[c].to_list(), counts["count"].to_list()))
-        out[c] = ({k: v for k, v in values.items() if k is not None}, values.get(None, 0))
-    return out
-
-def drift_reference(reference:pl.DataFrame, numeric:list[str], categorical:list[str]) -> dict:
-    "What drift is measured against: a `NumberReference` or `CategoryReference` per feature of `reference`."
-    profiles = {}
-    for c in numeric:
-        values = reference[c].cast(pl.Float64).fill_nan(None).drop_nulls().to_numpy()
-        if len(values) == 0: values = np.zeros(1)
-        quantiles = np.quantile(values, _GRID)
-        edges = np.unique(np.concatenate([quantiles, [values.min(), values.max()]]))
-        profiles[c] = NumberReference(edges, np.searchsorted(edges, quantiles[_DECILES]), None, 0, float(values.std()))
-    for c, found in _numbers(reference, {c: p.edges for c, p in profiles.items()}).items():
-        profiles[c].counts, profiles[c].missing = found["counts"], found["missing"]
-    for c, (counts, missing) in _categories(reference, categorical).items(): profiles[c] = CategoryReference(counts, missing)
-    return profiles
-
-# %% ../nbs/07_monitor.ipynb #3ee17803
-def _shares(counts:np.ndarray) -> np.ndarray:
-    total = counts.sum()
-    return counts/total if total else counts
-
-def psi_of_counts(reference:np.ndarray, current:np.ndarray, floor:float=1e-4) -> float:
-    "Population stability index between two histograms on the same bins (empty bins floored, as is customary)."
-    r, c = np.clip(_shares(reference), floor, None), np.clip(_shares(current), floor, None)
-    return float(np.sum((c - r)*np.log(c/r)))
-
-def js_distance(reference:np.ndarray, current:np.ndarray) -> float:
-    "Jensen-Shannon distance (base 2, between 0 and 1) between two histograms on the same bins."
-    p, q = _shares(reference), _shares(current)
-    m = (p + q)/2
-    def kl(a): return np.sum(a[a > 0]*np.log2(a[a > 0]/m[a > 0]))
-    return float(np.sqrt(max(0.5*kl(p) + 0.5*kl(q), 0.0)))
-
-def wasserstein_on_grid(edges:np.ndarray, reference:np.ndarray, current:np.ndarray, below:float=0.0, above:float=0.0) -> float:
-    """Wasserstein-1 distance between two samples from their histograms on `edges`, the reference's extremes and quantiles:
-    the gap between the cumulative distributions integrated by trapezoids inside, plus the current sample's mean excess
-    beyond the extremes (`below`, `above`: the sums of its distances past them), which is exact out there."""
-    n = max(current.sum(), 1)
-    def cdf(counts): return np.cumsum(counts)[:-1]/max(counts.sum(), 1)
-    gap = np.abs(cdf(reference) - cdf(current))
-    return float(np.sum((gap[1:] + gap[:-1])/2*np.diff(edges)) + (below + above)/n)
-
-# %% ../nbs/07_monitor.ipynb #a0c7eaff
-def _bounds(feature:str, monitor:MonitorSettings) -> dict[str, float]:
-    return {**monitor.thresholds, **monitor.feature_thresholds.get(feature, {})}
-
-def _number_row(c:str, ref:NumberReference, cur:dict) -> dict:
-    cum_ref, cum_cur = np.cumsum(ref.counts), np.cumsum(cur["counts"])
-    def deciles(cum, missing): return np.append(np.diff(np.concatenate([[0], cum[ref.deciles], [cum[-1]]])), missing)
-    n_ref, n_cur = cum_ref[-1] + ref.missing, cum_cur[-1] + cur["missing"]
-    moved = wasserstein_on_grid(ref.edges, ref.counts, cur["counts"], cur["below"], cur["above"]) if cum_cur[-1] else 0.0
-    return {"feature": c, "kind": "number", "rows": int(n_cur), "psi": psi_of_counts(deciles(cum_ref, ref.missing), deciles(cum_cur, cur["missing"])),
-            "wasserstein": moved/(ref.std if ref.std > 0 else 1.0), "js": None, "unseen": None,
-            "missing": cur["missing"]/max(n_cur, 1) - ref.missing/max(n_ref, 1)}
-
-def _category_row(c:str, ref:CategoryReference, counts:dict[str, int], missing:int) -> dict:
-    known = list(ref.counts)
-    unseen = sum(v for k, v in counts.items() if k not in ref.counts)
-    r = np.array([ref.counts[k] for k in known] + [0, ref.missing], float)
-    x = np.array([counts.get(k, 0) for k in known] + [unseen, missing], float)
-    return {"feature": c, "kind": "category", "rows": int(x.sum()), "psi": psi_of_counts(r, x), "wasserstein": None, "js": js_distance(r, x),
-            "unseen": unseen/max(x.sum() - missing, 1), "missing": missing/max(x.sum(), 1) - ref.missing/max(r.sum(), 1)}
-
-_TABLE = {"feature": pl.String, "kind": pl.String, "rows": pl.Int64, "psi": pl.Float64, "wasserstein": pl.Float64, "js": pl.Float64,
-          "unseen": pl.Float64, "missing": pl.Float64}
-
-def compare(reference:dict, current:pl.DataFrame, monitor:MonitorSettings) -> pl.DataFrame:
-    "The drift of each feature of `current` against a `drift_reference`, worst PSI first."
-    numbers = {c: p for c, p in reference.items() if isinstance(p, NumberReference)}
-    rows = [_number_row(c, numbers[c], found) for c, found in _numbers(current, {c: p.edges for c, p in numbers.items()}).items()]
-    categories = [c for c, p in reference.items() if isinstance(p, CategoryReference)]
-    rows += [_category_row(c, reference[c], counts, missing) for c, (counts, missing) in _categories(current, categories).items()]
-    table = pl.DataFrame(rows, schema=_TABLE)
-    over = [", ".join(m for m, bound in _bounds(r["feature"], monitor).items() if r.get(m) is not None and abs(r[m]) > bound)
-            for r in table.iter_rows(named=True)]
-    return table.with_columns(pl.Series("over", over, pl.String), drifted=pl.Series(over, dtype=pl.String) != "").sort("psi", descending=True)
-
-def drift_table(reference:pl.DataFrame, current:pl.DataFrame, numeric:list[str], categorical:list[str], monitor:MonitorSettings) -> pl.DataFrame:
-    "Drift of each feature of `current` against `reference`: PSI, normalised Wasserstein, Jensen-Shannon, unseen and missing shares."
-    return compare(drift_reference(reference, numeric, categorical), current, monitor)
 
 # %% ../nbs/07_monitor.ipynb #2cb0da2f
 def assign_windows(logged:pl.DataFrame, monitor:MonitorSettings) -> pl.DataFrame:
