@@ -73,7 +73,7 @@ def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
     from mlops_nb.synthetic import generate_flights, write_flights
     from mlops_nb.ingest import join_sources, label_rows
     from mlops_nb.contract import infer_contract
-    from mlops_nb.clean import choose_features, fit_transform
+    from mlops_nb.prepare import choose_features, fit_transform
     start = time.perf_counter()
     tables = generate_flights(rows, seed=SEED)
     generated = time.perf_counter()
@@ -103,7 +103,7 @@ def polars_streaming(work: Path, out: Path) -> dict:
     from mlops_nb.runs import read_json
     from mlops_nb.ingest import read_data, scan_source
     from mlops_nb.contract import rows_keeping_contract
-    from mlops_nb.clean import apply_transform
+    from mlops_nb.prepare import apply_transform
     data, contract, spec = _settings(work), read_json(work/"contract.json"), read_json(work/"transform.json")
     imported = _peak_mb()
     start = time.perf_counter()
@@ -120,7 +120,7 @@ def polars_eager_library(work: Path, out: Path) -> dict:
     from mlops_nb.runs import read_json
     from mlops_nb.ingest import read_data
     from mlops_nb.contract import enforce_contract
-    from mlops_nb.clean import apply_transform
+    from mlops_nb.prepare import apply_transform
     data, contract, spec = _settings(work), read_json(work/"contract.json"), read_json(work/"transform.json")
     imported = _peak_mb()
     start = time.perf_counter()

@@ -62,7 +62,7 @@ def prepare(run_dir: str, rows: int) -> dict:
     "Generated flights through the ingest and clean stages' functions, left as the clean stage leaves them."
     from mlops_nb.synthetic import generate_flights
     from mlops_nb.ingest import join_sources, label_rows
-    from mlops_nb.clean import usable_rows, split_rows, choose_features, fit_transform
+    from mlops_nb.prepare import choose_features, fit_transform, split_rows, usable_rows
     from mlops_nb.runs import write_json
     settings, out = _settings(), Path(run_dir)/"clean"
     d = settings.data

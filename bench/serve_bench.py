@@ -39,7 +39,7 @@ BARE_APP = '''
 """A bare ASGI callable: the same decoding of raw rows, transformation and booster call, no framework."""
 import os, msgspec, polars as pl, xgboost as xgb
 from mlops_nb.config import load_settings
-from mlops_nb.clean import apply_transform
+from mlops_nb.prepare import apply_transform
 from mlops_nb.registry import load_bundle
 from mlops_nb.serve import request_type, _POLARS, _JSON_TYPES
 
@@ -143,7 +143,7 @@ def registered_model(folder:Path) -> tuple[Path, dict]:
 
 def bodies(folder:Path, model:dict, sizes:list[int]) -> dict:
     "Request bodies per server kind and row count: raw rows for ours and the bare app, feature vectors for MLflow."
-    from mlops_nb.clean import apply_transform
+    from mlops_nb.prepare import apply_transform
     spec, rows = model["bundle"].spec, model["rows"]
     out = {}
     for n in sizes:

@@ -23,7 +23,7 @@ import optuna
 import polars as pl
 import xgboost as xgb
 
-from mlops_nb.clean import choose_features, fit_transform, split_rows, usable_rows
+from mlops_nb.prepare import choose_features, fit_transform, split_rows, usable_rows
 from mlops_nb.config import example_settings_file, load_settings
 from mlops_nb.ingest import read_data
 from mlops_nb.tune import run_study, to_dmatrix, journal_storage

@@ -137,7 +137,7 @@ def plot_shift(shift:pl.DataFrame, threshold:float=0.2, title:str="Shift between
 # %% ../nbs/02_eda.ipynb #b074e168
 def column_roles(df:pl.DataFrame, settings:Settings) -> pl.DataFrame:
     "Every column of the table, and each derived feature, with its role (feature, target, time, id, ignored, dropped) and why."
-    from mlops_nb.clean import choose_features, expand_dates, is_date
+    from mlops_nb.prepare import choose_features, expand_dates, is_date
     d, f = settings.data, settings.features
     numeric, categorical = choose_features(df, d, f)
     _, derived = expand_dates(df.schema, numeric, f.derived)
@@ -158,17 +158,14 @@ def column_roles(df:pl.DataFrame, settings:Settings) -> pl.DataFrame:
 
 def eda_report(df:pl.DataFrame, settings:Settings) -> tuple[dict, dict]:
     "The EDA tables and figures of a labelled table."
-    from mlops_nb.clean import choose_features, derive, expand_dates, split_rows
+    from mlops_nb.prepare import derive, prepare
     data, target = settings.data, settings.data.target
-    numeric, categorical = choose_features(df, data, settings.features)
     roles = column_roles(df, settings)
-    numeric, derived = expand_dates(df.schema, numeric, settings.features.derived)
-    df = derive(df, derived)
-    derived_categorical = [n for n in derived if type_family(df[n].dtype) == "string"]
-    numeric += [n for n in derived if n not in derived_categorical]
-    categorical += derived_categorical
-    parts, _ = split_rows(df.filter(pl.col(target).is_not_null()), settings.split, data)
-    train, test = parts["train"], parts["test"]
+    prepared = prepare(df, settings)  # the rows and split the clean stage will make, and the features it will fit
+    spec = prepared.spec
+    numeric, categorical = list(spec["numeric"]), list(spec["categorical"])
+    df = derive(df, spec["derived"])
+    train, test = (derive(prepared.parts[p], spec["derived"]) for p in ("train", "test"))
     correlations = target_correlations(df, numeric, target)
     tables = {"roles": roles, "summary": column_summary(df), "missing": missing_table(df), "correlations": correlations,
               "rate_over_time": target_rate_over_time(df, data.time_column, target) if data.time_column else pl.DataFrame(),

@@ -21,7 +21,8 @@ from sklearn import metrics as skm
 from .config import EvaluateSettings, Settings, SplitSettings, load_settings
 from .runs import read_json, stage_folder, stage_run, use_tracking, write_atomic, write_json
 from .ingest import redact
-from .clean import apply_transform, describe_split, load_split, load_transform
+from .clean import load_split, load_transform
+from .prepare import apply_transform, describe_split
 from .inference_log import labelled_predictions
 from .registry import ModelBundle, champion_version, find_version, load_bundle, register_model
 
@@ -369,7 +370,7 @@ def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dic
 def reproduce(settings:Settings, version:str) -> dict:
     "Rebuild a registered version from its recorded inputs; whether its predictions match, within 1e-9."
     import mlflow
-    from mlops_nb.clean import choose_features, fit_transform, split_rows, usable_rows
+    from mlops_nb.prepare import prepare
     from mlops_nb.ingest import read_snapshot
     from mlops_nb.tune import to_dmatrix, train_booster
     use_tracking(settings)
@@ -379,10 +380,9 @@ def reproduce(settings:Settings, version:str) -> dict:
     registered = load_bundle(settings, version=version)
     snapshot = settings.snapshots_dir/f"{mv.tags['data_digest']}.parquet"
     if not snapshot.exists(): raise FileNotFoundError(f"the snapshot {snapshot} that v{version} was trained on is not stored here")
-    d = settings.data
     split = SplitSettings(**registered.split) if registered.split else settings.split  # as resolved when it was trained
-    parts, _ = split_rows(usable_rows(read_snapshot({"path": snapshot}), d)[0], split, d)
-    spec = fit_transform(parts["train"], *choose_features(parts["train"], d, settings.features), settings.features, d.target)
+    prepared = prepare(read_snapshot({"path": snapshot}), settings, split)
+    parts, spec = prepared.parts, prepared.spec
     params = mlflow.artifacts.load_dict(f"runs:/{mv.tags['tuning_run_id']}/tuning/best_params.json")
     booster, _ = train_booster(params, to_dmatrix(parts["train"], spec), to_dmatrix(parts["valid"], spec), settings.tune)
     rebuilt = ModelBundle(booster, spec, registered.threshold)

@@ -163,7 +163,7 @@ def init_settings(path:str, target:str, time:str="", ids:list[str]=(), ignore:li
                   uri:str="", # the table as the settings name it (relative to the settings file); default: `path`
                  ) -> tuple[str, list[str]]:
     "The settings file's text for the table at `path`, and the warnings to show; checked by loading it and splitting the table."
-    from mlops_nb.clean import split_rows, usable_rows
+    from mlops_nb.prepare import split_rows, usable_rows
     df, source = read_table(path)
     missing = [c for c in ignore if c not in df.columns]
     if missing: raise ValueError(f"--ignore {missing}: not columns of the table; it has {df.columns}")

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings
 from .runs import read_json, write_json
-from .clean import boundary, split_rows, transform_plan, usable_rows
+from .prepare import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
 from .drift import compare, drift_reference
 from .registry import ModelBundle, load_bundle

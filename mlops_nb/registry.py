@@ -17,7 +17,7 @@ from fastcore.script import Param, call_parse
 
 from .config import Settings, load_settings
 from .runs import git_commit, read_json, sha256_file, use_tracking, write_json
-from .clean import apply_transform
+from .prepare import apply_transform
 
 # %% auto #0
 __all__ = ['TRANSFORM_FILE', 'CONTRACT_FILE', 'ModelBundle', 'ModelIntegrityError', 'register_model', 'load_bundle',

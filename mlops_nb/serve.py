@@ -38,7 +38,7 @@ from litestar.params import FromQuery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .config import Settings, load_settings
-from .clean import MatrixPlan, apply_transform
+from .prepare import MatrixPlan, apply_transform
 from .contract import find_broken_rows
 from .registry import ModelBundle, champion_version, load_bundle
 from .inference_log import InferenceLog

@@ -24,7 +24,8 @@ from optuna_integration import XGBoostPruningCallback
 
 from .config import Settings, TuneSettings
 from .runs import read_json, stage_folder, stage_run, write_json
-from .clean import apply_transform, load_split, load_transform
+from .clean import load_split, load_transform
+from .prepare import apply_transform
 
 # %% auto #0
 __all__ = ['log', 'BASE_PARAMS', 'FINISHED', 'to_dmatrix', 'booster_params', 'train_booster', 'suggest_params', 'journal_storage',

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from conftest import BIN, EXAMPLE, ROOT, cli, free_port, ledger_of, small_project_environ
-from mlops_nb.clean import apply_transform
+from mlops_nb.prepare import apply_transform
 from mlops_nb.config import load_settings
 from mlops_nb.registry import champion_version
 from mlops_nb.ingest import read_snapshot, write_snapshot
