@@ -16,7 +16,7 @@ from pathlib import Path
 from fastcore.script import call_parse
 
 from .config import Settings, load_settings
-from .runs import read_json
+from .runs import log_to_console, read_json
 from .runner import notebooks_dir
 
 # %% auto #0
@@ -271,7 +271,7 @@ def mlops_docs(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or
                no_quarto:bool=False, # build with Sphinx even when Quarto is installed
               ):
     "Build the documentation site from the notebooks and the latest run, offline."
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_console()
     settings = load_settings(config)
     out = Path(dest) if dest else notebooks_dir(settings).resolve().parent/"_docs"
     result = build_docs(settings, out, quarto=not no_quarto)

@@ -23,7 +23,7 @@ from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
 from .config import Settings, example_settings_file, load_settings
-from .runs import read_json, save_settings, write_json
+from .runs import log_to_console, read_json, save_settings, write_json
 from .pipeline import RunLocked, StageFailed, Unreachable, run_pipeline
 
 # %% auto #0
@@ -101,8 +101,7 @@ def mlops_schedule(config:str=None, # settings file (TOML); default: MLOPS_CONFI
                   ):
     "Run monitoring and retraining on their cron schedules (or one job now with --once)."
     from apscheduler.schedulers.blocking import BlockingScheduler
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("papermill").setLevel(logging.WARNING)
+    log_to_console()
     settings = load_settings(config)
     if once:
         record = run_job(settings, once)
@@ -260,9 +259,7 @@ def mlops_replay(config:str=None, # settings file (TOML); default: MLOPS_CONFIG 
                  last:int=12, # the last month replayed
                 ):
     "Replay 2013's second half through the server, the monitor and retraining; report the story."
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("papermill").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    log_to_console()
     if not 2 <= first <= last <= 12: raise SystemExit("months must satisfy 2 <= first <= last <= 12")
     result = replay(load_settings(config), Path(home), list(range(first, last + 1)))
     for m in result["months"]:

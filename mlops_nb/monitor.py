@@ -17,7 +17,7 @@ from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
 from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings
-from .runs import read_json, write_json
+from .runs import log_to_console, read_json, write_json
 from .prepare import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
 from .drift import compare, drift_reference
@@ -311,8 +311,7 @@ def mlops_monitor(config:str=None, # settings file (TOML); default: MLOPS_CONFIG
                   out_dir:str=None, # where to write the report; default: state/monitor/<time>
                  ):
     "Check the logged predictions for drift and performance, window by window, raise the alerts they warrant, and write the report."
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("papermill").setLevel(logging.WARNING)
+    log_to_console()
     settings = load_settings(config)
     report = run_monitor(settings, Path(out_dir or settings.state/"monitor"/datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")))
     if report["status"] != "ok": print(report["status"]); return

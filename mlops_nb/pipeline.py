@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import PipelineSettings, Settings, load_settings
 from .runner import execute_bounded, notebooks_dir
-from .runs import git_commit, read_json, save_settings, sha256_file, use_tracking, write_json
+from .runs import git_commit, log_to_console, read_json, save_settings, sha256_file, use_tracking, write_json
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable',
@@ -280,8 +280,7 @@ def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or 
               resume:str=None, # the id of an interrupted or failed run: its completed stages are kept, the rest run again
              ):
     "Run the pipeline: ingest, EDA, clean, tune and evaluate, as executed notebooks."
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("papermill").setLevel(logging.WARNING)  # the runner prints one line per stage instead
+    log_to_console()
     try:
         with logging_redirect_tqdm(): ledger = run_pipeline(load_settings(config), resume or run_id, resume=bool(resume))
     except (FileNotFoundError, ValueError, RunLocked) as e:

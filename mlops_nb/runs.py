@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from .config import Settings
 
 # %% auto #0
 __all__ = ['write_atomic', 'write_json', 'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file',
-           'stage_run_dir', 'use_tracking', 'stage_run']
+           'log_to_console', 'stage_run_dir', 'use_tracking', 'stage_run']
 
 # %% ../nbs/00_runs.ipynb #29b36855
 def write_atomic(path:str|Path, data:bytes|str) -> Path:
@@ -67,6 +68,11 @@ def sha256_file(path:str|Path) -> str:
     return digest.hexdigest()
 
 # %% ../nbs/00_runs.ipynb #6394a065
+def log_to_console(level:int=logging.INFO, quiet=("papermill", "httpx")) -> None:
+    "How every command logs: time, level, logger and message on stderr; the `quiet` libraries (a line per cell, a line per request) from warnings up."
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in quiet: logging.getLogger(name).setLevel(logging.WARNING)
+
 def stage_run_dir(settings:Settings, run_dir:str|Path="") -> Path:
     "The run folder a stage works in: `run_dir` when the pipeline gives one, else a new one under `runs_dir`."
     path = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="standalone_", dir=_mkdir(settings.runs_dir)))

@@ -38,6 +38,7 @@ from litestar.params import FromQuery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .config import Settings, load_settings
+from .runs import log_to_console
 from .prepare import MatrixPlan, apply_transform
 from .contract import find_broken_rows
 from .registry import ModelBundle, champion_version, load_bundle
@@ -613,7 +614,7 @@ def mlops_serve(config:str=None, # settings file (TOML); default: MLOPS_CONFIG o
                ):
     "Serve the registered champion over HTTP, following its alias."
     import uvicorn
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_console()
     settings = load_settings(config)
     uvicorn.run(create_app(settings), host=host or settings.serve.host, port=port or settings.serve.port,
                 log_level="info", access_log=False, timeout_graceful_shutdown=settings.serve.timeout_seconds + 10)

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from optuna_integration import XGBoostPruningCallback
 
 from .config import Settings, TuneSettings
-from .runs import read_json, stage_folder, stage_run, write_json
+from .runs import log_to_console, read_json, stage_folder, stage_run, write_json
 from .clean import load_split, load_transform
 from .prepare import apply_transform
 
@@ -242,7 +242,7 @@ def mlops_tune_worker(run_dir:str, # the pipeline run whose study to join
                      ):
     "Join a pipeline run's Optuna study and run trials until it has enough."
     from mlops_nb.config import load_settings
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_console()
     run_dir = Path(run_dir)
     deadline = time.time() + wait
     while not (run_dir/"clean"/"transform.json").exists():
