@@ -13,7 +13,6 @@ import logging
 import re
 import socket
 import tempfile
-import time
 import urllib.parse
 import zipfile
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ import polars.selectors as cs
 from fastcore.script import Param, call_parse
 
 from .config import Settings, DataSettings, SourceSettings
-from .runs import read_json, stage_folder, stage_run, write_atomic, write_json
+from .runs import read_json, retry, stage_folder, stage_run, write_atomic, write_json
 from .contract import (ContractError, check_broken_share, enforce_contract, load_or_create_contract, schema_of,
                                sql_columns, type_family)
 
@@ -152,19 +151,13 @@ def _check_separator(df:pl.DataFrame, src:SourceSettings, name:str) -> None:
 def read_source(src:SourceSettings, name:str="", storage_options:dict|None=None,
                 retries:int=3, retry_wait:float=1.0) -> pl.DataFrame:
     "Collect one source, retrying a remote one that does not answer; a clear `SourceError` otherwise."
-    attempts = max(retries, 1) if _scheme(src.uri) in DATABASE_SCHEMES + CLOUD_SCHEMES else 1
-    for attempt in range(1, attempts + 1):
-        try:
-            df = scan_source(src, name, storage_options).collect()
-            break
-        except SourceError: raise
-        except Exception as e:
-            if attempt >= attempts or not _transient(e):
-                err = _explain(e, src, name)
-                if attempt > 1: err = SourceError(f"{err} (after {attempt} attempts)")
-                raise err from None
-            log.warning("source %s unreachable (attempt %d of %d): %s", name, attempt, attempts, redact(str(e).splitlines()[0]))
-            time.sleep(retry_wait*2**(attempt - 1))
+    attempts, tried = max(retries, 1) if _scheme(src.uri) in DATABASE_SCHEMES + CLOUD_SCHEMES else 1, []
+    try: df = retry(lambda: scan_source(src, name, storage_options).collect(), attempts, retry_wait,
+                    lambda e: not isinstance(e, SourceError) and _transient(e), f"source {name}", tried, lambda e: redact(str(e).splitlines()[0]))
+    except SourceError: raise
+    except Exception as e:
+        err = _explain(e, src, name)
+        raise (SourceError(f"{err} (after {len(tried) + 1} attempts)") if tried else err) from None
     _check_separator(df, src, name)
     if df.height == 0: raise SourceError(f"source {name!r} ({redact(src.uri)}) has no rows")
     return df

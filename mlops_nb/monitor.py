@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
 from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings
-from .runs import log_to_console, read_json, write_json
+from .runs import log_to_console, read_json, retry, write_json
 from .prepare import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
 from .drift import compare, drift_reference
@@ -149,17 +148,15 @@ ALERTS = sa.Table("alerts", _meta,
 def _post(url:str, payload:dict, attempts:int=3) -> str:
     "POST `payload` to the webhook; 'ok', or why not, after a few attempts."
     import httpx
-    why = ""
-    for attempt in range(attempts):
-        try:
-            answer = httpx.post(url, json=payload, timeout=10)
-            if answer.status_code < 300: return "ok"
-            why = f"HTTP {answer.status_code}"
-            if answer.status_code < 500: break  # the receiver refuses it: trying again would not help
-        except httpx.HTTPError as e: why = f"{type(e).__name__}: {e}"
-        time.sleep(attempt + 1)
-    log.error("alert not delivered to %s: %s", url, why)
-    return f"failed: {why}"
+    def send():
+        httpx.post(url, json=payload, timeout=10).raise_for_status()
+    def transient(e): return not isinstance(e, httpx.HTTPStatusError) or e.response.status_code >= 500  # a refusal (4xx) stays one
+    try: retry(send, attempts, 1.0, transient, f"webhook {url}")
+    except httpx.HTTPError as e:
+        why = f"HTTP {e.response.status_code}" if isinstance(e, httpx.HTTPStatusError) else f"{type(e).__name__}: {e}"
+        log.error("alert not delivered to %s: %s", url, why)
+        return f"failed: {why}"
+    return "ok"
 
 def record_alerts(settings:Settings, fired:list[dict], model_version:str, now:datetime|None=None) -> list[dict]:
     "Store each fired alert; the first of an incident within the cool-down is logged as new and POSTed to the webhook."

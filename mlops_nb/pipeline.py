@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import PipelineSettings, Settings, load_settings
 from .runner import execute_bounded, notebooks_dir
-from .runs import git_commit, log_to_console, read_json, save_settings, sha256_file, use_tracking, write_json
+from .runs import git_commit, log_to_console, read_json, retry, save_settings, sha256_file, use_tracking, write_json
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable',
@@ -145,19 +145,14 @@ def with_retries(attempt, # called without arguments
                  pipeline:PipelineSettings, # retries, retry_wait and transient_errors
                  record:list, # each retry is appended: what, attempt, error, wait
                 ):
-    "`attempt()`'s result, trying again after transient failures; raises the last failure when retries run out."
-    wait = pipeline.retry_wait
-    for n in range(1, pipeline.retries + 2):
-        try: return attempt()
-        except Exception as e:
-            if not _transient(e, pipeline.transient_errors): raise
-            if n > pipeline.retries:
-                if isinstance(e, StageFailed): raise StageFailed(f"{e}; still failing after {n} attempts", transient=True) from e
-                raise Unreachable(f"{what} still failing after {n} attempts: {_describe(e)}") from e
-            record.append({"what": what, "attempt": n, "error": _describe(e), "wait": wait})
-            log.warning("%s: transient failure (attempt %d of %d), trying again in %g s: %s", what, n, pipeline.retries + 1, wait, _describe(e))
-            time.sleep(wait)
-            wait *= 2
+    "`attempt()`'s result, trying again after transient failures (`retry`, with the pipeline's settings); `Unreachable` when retries run out."
+    transient = lambda e: _transient(e, pipeline.transient_errors)
+    try: return retry(attempt, pipeline.retries + 1, pipeline.retry_wait, transient, what, record, _describe)
+    except Exception as e:
+        if not transient(e): raise
+        n = pipeline.retries + 1
+        if isinstance(e, StageFailed): raise StageFailed(f"{e}; still failing after {n} attempts", transient=True) from e
+        raise Unreachable(f"{what} still failing after {n} attempts: {_describe(e)}") from e
 
 # %% ../nbs/08_pipeline.ipynb #90e05520
 PACKAGES = ["mlops_nb", "polars", "xgboost", "optuna", "mlflow", "litestar", "papermill", "nbdev"]

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import msgspec
 
 from .config import Settings
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['write_atomic', 'write_json', 'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file',
-           'log_to_console', 'stage_run_dir', 'use_tracking', 'stage_run']
+__all__ = ['log', 'write_atomic', 'write_json', 'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file',
+           'log_to_console', 'stage_run_dir', 'retry', 'use_tracking', 'stage_run']
 
 # %% ../nbs/00_runs.ipynb #29b36855
 def write_atomic(path:str|Path, data:bytes|str) -> Path:
@@ -81,6 +84,29 @@ def stage_run_dir(settings:Settings, run_dir:str|Path="") -> Path:
 def _mkdir(path) -> Path:
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     return path
+
+# %% ../nbs/00_runs.ipynb #233e2e79
+def _first_line(e:Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+def retry(attempt, # called without arguments
+          attempts:int, # tries in all, the first included
+          wait:float, # seconds before the second try; doubled before each next one
+          transient, # exception -> bool: whether it is worth another try
+          what:str, # named in the log and the record, e.g. "source flights"
+          record:list|None=None, # each retry is appended here: what, attempt, error, wait
+          describe=_first_line, # exception -> the text logged and recorded (it must not hold secrets)
+         ):
+    "`attempt()`'s result; a transient failure is tried again, up to `attempts` tries in all, and the last failure is raised as it was."
+    for n in range(1, attempts + 1):
+        try: return attempt()
+        except Exception as e:
+            if n >= attempts or not transient(e): raise
+            pause = wait*2**(n - 1)
+            if record is not None: record.append({"what": what, "attempt": n, "error": describe(e), "wait": pause})
+            log.warning("%s: transient failure (attempt %d of %d), trying again in %g s: %s", what, n, attempts, pause, describe(e))
+            time.sleep(pause)
 
 # %% ../nbs/00_runs.ipynb #d5633d9e
 def use_tracking(settings:Settings) -> str:

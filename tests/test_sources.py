@@ -214,8 +214,8 @@ def test_unreachable_endpoint_is_retried_then_fails(s3, caplog):
     assert "source 'flights'" in message and src.uri in message
     assert message.endswith("(after 2 attempts)")
     assert SECRET not in message and SECRET not in caplog.text
-    assert [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()][0].startswith(
-        "source flights unreachable (attempt 1 of 2)")
+    assert [r.getMessage() for r in caplog.records if "transient failure" in r.getMessage()][0].startswith(
+        "source flights: transient failure (attempt 1 of 2)")
     assert 0.1 <= elapsed < 15
 
 
