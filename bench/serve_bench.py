@@ -129,7 +129,7 @@ def registered_model(folder:Path) -> tuple[Path, dict]:
     "A champion trained on the bundled data (every 10th flight, a short study) in a fresh registry."
     from mlops_nb.config import example_settings_file, load_settings
     from mlops_nb.runs import save_settings, stage_run_dir
-    from mlops_nb.evaluate import train_and_register
+    from mlops_nb.pipeline import train_and_register
     from mlops_nb.registry import load_bundle
     from mlops_nb.ingest import read_snapshot
     settings = load_settings(example_settings_file(), environ={}, state_dir=str(folder/"state"), runs_dir=str(folder/"runs"),

@@ -30,8 +30,7 @@ from .registry import ModelBundle, champion_version, find_version, load_bundle, 
 __all__ = ['log', 'choose_threshold', 'best_f1_threshold', 'classification_metrics', 'calibration_table', 'slice_columns',
            'slice_metrics', 'plot_curves', 'plot_calibration', 'contributions', 'shap_importance', 'plot_shap_summary',
            'one_row_latency_ms', 'gate_checks', 'labelled_window', 'decide_promotion', 'BehaviourError',
-           'behaviour_checks', 'require_behaviour', 'model_card', 'evaluate_stage', 'reproduce', 'mlops_reproduce',
-           'run_upstream', 'train_and_register']
+           'behaviour_checks', 'require_behaviour', 'model_card', 'evaluate_stage', 'reproduce', 'mlops_reproduce']
 
 # %% ../nbs/05_evaluate.ipynb #edcc0166
 log = logging.getLogger(__name__)
@@ -401,16 +400,3 @@ def mlops_reproduce(ref:Param("a model version, or the MLflow run id of the pipe
           f"{'matches' if result['matches'] else 'DOES NOT match'}: largest prediction difference {result['max_abs_difference']:.3g}, "
           f"transformation {'identical' if result['transform_equal'] else 'different'}")
     if not result["matches"]: raise SystemExit(1)
-
-# %% ../nbs/05_evaluate.ipynb #c9f4cb87
-def run_upstream(settings:Settings, run_dir:Path) -> None:
-    "Ingest, clean and tune in this process, leaving their outputs in `run_dir`."
-    from mlops_nb.ingest import ingest_stage
-    from mlops_nb.clean import clean_stage
-    from mlops_nb.tune import tune_stage
-    ingest_stage(settings, run_dir); clean_stage(settings, run_dir); tune_stage(settings, run_dir)
-
-def train_and_register(settings:Settings, run_dir:Path) -> dict:
-    "Stages 01 to 05 in this process; the evaluation's result."
-    run_upstream(settings, run_dir)
-    return evaluate_stage(settings, run_dir)

@@ -32,8 +32,8 @@ from .runs import git_commit, log_to_console, read_json, retry, save_settings, s
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable',
-           'is_transient', 'with_retries', 'package_versions', 'run_pipeline', 'stage_outputs', 'mlops_run',
-           'run_summaries', 'mlops_runs']
+           'is_transient', 'with_retries', 'package_versions', 'run_pipeline', 'stage_outputs', 'train_and_register',
+           'mlops_run', 'run_summaries', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -267,6 +267,16 @@ def _record_failure(ledger:dict, run_dir:Path, stage:str, error:StageFailed, sec
     failed_nb = run_dir/f"{stage}.ipynb"
     try: track(lambda: ([mlflow.log_artifact(str(failed_nb), "notebooks")] if failed_nb.exists() else [], mlflow.log_artifact(str(run_dir/"run.json"))))
     except Unreachable as e: log.warning("the failed stage is in %s but not in MLflow: %s", run_dir, e)
+
+# %% ../nbs/08_pipeline.ipynb #8ef59b39
+def train_and_register(settings:Settings, run_dir:Path) -> dict:
+    "Stages 01 to 05 called in this process, leaving their outputs in `run_dir`; the evaluation's result."
+    from mlops_nb.ingest import ingest_stage
+    from mlops_nb.clean import clean_stage
+    from mlops_nb.tune import tune_stage
+    from mlops_nb.evaluate import evaluate_stage
+    ingest_stage(settings, run_dir); clean_stage(settings, run_dir); tune_stage(settings, run_dir)
+    return evaluate_stage(settings, run_dir)
 
 # %% ../nbs/08_pipeline.ipynb #ccd748e2
 @call_parse

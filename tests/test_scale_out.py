@@ -91,7 +91,7 @@ def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url
     import mlflow
     from mlops_nb.config import standalone_settings
     from mlops_nb.runs import save_settings, stage_run_dir, use_tracking
-    from mlops_nb.evaluate import train_and_register
+    from mlops_nb.pipeline import train_and_register
     from mlops_nb.monitor import monitor_report
     settings = standalone_settings(inference_log=shared_log_url, serve={"poll_seconds": 0.5})
     first = train_and_register(settings, stage_run_dir(settings))

@@ -16,7 +16,7 @@ import pytest
 from conftest import BIN, clean_environ, free_port, postgres_url
 from mlops_nb.config import standalone_settings
 from mlops_nb.runs import save_settings, stage_run_dir, use_tracking
-from mlops_nb.evaluate import train_and_register
+from mlops_nb.pipeline import train_and_register
 from mlops_nb.registry import champion_version, load_bundle
 from mlops_nb.inference_log import read_inference_log
 from mlops_nb.ingest import read_snapshot
