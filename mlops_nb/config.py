@@ -59,6 +59,8 @@ class DataSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retries: int = 3  # attempts at a source that does not answer
     retry_wait: float = 1.0  # seconds before the first retry, doubling after each
 
+
+# %% ../nbs/00_config.ipynb #b0d4e8ca
 class FeatureSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "The model's features: raw columns, derived ones, and how gaps and outliers are handled."
     numeric: list[str] = []  # empty: every number, boolean and date column not used otherwise
@@ -81,6 +83,8 @@ class SplitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     test_fraction: float = 0.15  # ...and tested on (the latest in time; without a time column, drawn at random)
     seed: int = 42  # the random split's
 
+
+# %% ../nbs/00_config.ipynb #d039a76f
 def _xgboost_space() -> dict:
     return {"max_depth": {"type": "int", "low": 3, "high": 10},
             "learning_rate": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
@@ -123,6 +127,8 @@ class GateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_window_rows: int = 200  # fewer labelled rows (or a single class) and the window is not judged
     max_window_drop: float = 0.01  # on that window, the challenger's ROC AUC may fall at most this below the champion's
 
+
+# %% ../nbs/00_config.ipynb #5e2a2d55
 class ServeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "The prediction server."
     host: str = "127.0.0.1"
@@ -141,6 +147,8 @@ class ServeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_queue: int = 10_000  # requests waiting to be logged; beyond it their rows are counted as dropped, never waited for
     log_batch_seconds: float = 0.05  # the inference log writes at most this long after a prediction (short writes: short pauses)
 
+
+# %% ../nbs/00_config.ipynb #73d60490
 class AlertRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "An alert: a window's `metric` beyond a bound in at least `in_windows` of the last `of_last` windows, the latest among them."
     name: str
@@ -171,6 +179,8 @@ class MonitorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook: str = ""  # new alerts are POSTed here as JSON; empty: logged and stored only
     cooldown_hours: float = 24.0  # an incident (rule and model version) alerts and retrains once in this time
 
+
+# %% ../nbs/00_config.ipynb #1d67a306
 class ScheduleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "When `mlops_schedule` monitors and retrains: standard five-field cron expressions."
     monitor: str = "15 * * * *"  # every hour at :15; empty: never
@@ -200,6 +210,7 @@ class PipelineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     retry_wait: float = 10.0  # seconds before the first retry, doubled before each next one
     transient_errors: list[str] = msgspec.field(default_factory=lambda: list(TRANSIENT_ERRORS))  # regular expressions over "ErrorType: message"
     progress: Literal["auto", "on", "off"] = "auto"  # progress bars for the run and each stage; auto: when the console is a terminal
+
 
 # %% ../nbs/00_config.ipynb #979320da
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
