@@ -19,9 +19,13 @@ test: venv
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/pytest -q -m "not slow"
 
-## test-all: `make test`, then the slow tier: replays, fault injection, scale-out, load and the browser (what CI runs)
+## test-all: `make test`, then the slow tier: the notebook cells flagged `#| slow`, replays, fault injection, scale-out, load and the browser (what CI runs)
 test-all: test
+	$(BIN)/nbdev_test --n_workers 2 --timing --flags slow --file_re "$(SLOW_NOTEBOOKS)"
 	$(BIN)/pytest -q -m slow
+
+# the notebooks with cells flagged `#| slow` (a whole pipeline run, ten million rows): only these run again with the flag
+SLOW_NOTEBOOKS = $(shell grep -l '"\#| slow' nbs/*.ipynb | xargs -n1 basename | paste -sd'|')
 
 # the worked example; a settings file of your own (mlops_init writes one) is named the same way, or is ./mlops.toml
 run demo: export MLOPS_CONFIG ?= examples/flights.toml
