@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from fastcore.script import Param, call_parse
 
 from .config import Settings, load_settings
 from .runs import git_commit, read_json, sha256_file, use_tracking, write_json
-from .prepare import apply_transform
+from .prepare import MatrixPlan, apply_transform
 
 # %% auto #0
 __all__ = ['TRANSFORM_FILE', 'CONTRACT_FILE', 'ModelBundle', 'ModelIntegrityError', 'register_model', 'load_bundle',
@@ -38,10 +38,13 @@ class ModelBundle:
     git_commit: str = ""  # the code it was trained with
     run_id: str = ""  # the MLflow run that registered it
     split: dict|None = None  # the split it was trained with, resolved (SplitSettings' fields)
+    plans: dict = field(default_factory=dict, repr=False, compare=False)  # per input schema: the transformation compiled
 
     def predict_proba(self, df:pl.DataFrame) -> np.ndarray:
-        "Probability of the positive class for each raw row of `df`."
-        return self.booster.inplace_predict(apply_transform(df, self.spec).to_numpy())
+        "Probability of the positive class for each raw row of `df`, through the transformation compiled once per input schema, as the server computes it."
+        key = tuple((c, str(t)) for c, t in df.schema.items())
+        if key not in self.plans: self.plans[key] = MatrixPlan.compile(self.spec, df.schema)
+        return self.booster.inplace_predict(self.plans[key](df))
 
 # %% ../nbs/04a_registry.ipynb #38031d01
 TRANSFORM_FILE, CONTRACT_FILE = "feature_transform.json", "data_contract.json"
