@@ -69,7 +69,7 @@ def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
     "Generate and write the data; infer the contract and fit the transformation on a sample (not timed against anything)."
     import polars as pl
     from mlops_nb.config import example_settings_file, load_settings
-    from mlops_nb.runs import write_json
+    from mlops_nb.records import write_json
     from mlops_nb.synthetic import generate_flights, write_flights
     from mlops_nb.ingest import join_sources, label_rows
     from mlops_nb.contract import infer_contract
@@ -94,13 +94,13 @@ def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
     return {"generate_seconds": round(generated - start, 3), "write_seconds": round(written - generated, 3),
             "fit_seconds": round(time.perf_counter() - written, 3), "fit_sample_rows": sample.height, "sample_every": every,
             "parquet_mb": round(sum(f.stat().st_size for f in files)/2**20, 1), "files": [f.name for f in files],
-            "features": len(spec["features"]), "polars_threads": pl.thread_pool_size()}
+            "features": len(spec.features), "polars_threads": pl.thread_pool_size()}
 
 
 def polars_streaming(work: Path, out: Path) -> dict:
     "One lazy query from the Parquet files to the features, built from the library's functions, sunk with the streaming engine."
     import polars as pl
-    from mlops_nb.runs import read_json
+    from mlops_nb.records import read_json
     from mlops_nb.ingest import read_data, scan_source
     from mlops_nb.contract import rows_keeping_contract
     from mlops_nb.prepare import apply_transform
@@ -117,7 +117,7 @@ def polars_streaming(work: Path, out: Path) -> dict:
 
 def polars_eager_library(work: Path, out: Path) -> dict:
     "The path the ingest stage takes today: read_data (eager), enforce_contract, apply_transform on a DataFrame."
-    from mlops_nb.runs import read_json
+    from mlops_nb.records import read_json
     from mlops_nb.ingest import read_data
     from mlops_nb.contract import enforce_contract
     from mlops_nb.prepare import apply_transform

@@ -63,7 +63,7 @@ def prepare(run_dir: str, rows: int) -> dict:
     from mlops_nb.synthetic import generate_flights
     from mlops_nb.ingest import join_sources, label_rows
     from mlops_nb.prepare import choose_features, fit_transform, split_rows, usable_rows
-    from mlops_nb.runs import write_json
+    from mlops_nb.records import write_json
     settings, out = _settings(), Path(run_dir)/"clean"
     d = settings.data
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def prepare(run_dir: str, rows: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items(): part.write_parquet(out/f"{name}.parquet")
     write_json(out/"transform.json", spec)
-    return {"rows_generated": rows, "rows": {k: v.height for k, v in parts.items()}, "features": len(spec["features"]),
+    return {"rows_generated": rows, "rows": {k: v.height for k, v in parts.items()}, "features": len(spec.features),
             "generate_seconds": generated - start, "clean_and_write_seconds": time.perf_counter() - generated,
             "train_parquet_mb": (out/"train.parquet").stat().st_size/2**20}
 

@@ -46,7 +46,7 @@ from mlops_nb.serve import request_type, _POLARS, _JSON_TYPES
 bundle = load_bundle(load_settings(os.environ["BENCH_CONFIG"]), alias="champion")
 bundle.booster.set_param({"nthread": 1})
 decoder = msgspec.json.Decoder(request_type(bundle.spec, bundle.contract, 1000))
-schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in bundle.spec["inputs"].items()}
+schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in bundle.spec.inputs.items()}
 encode = msgspec.json.encode
 
 async def app(scope, receive, send):
@@ -147,7 +147,7 @@ def bodies(folder:Path, model:dict, sizes:list[int]) -> dict:
     spec, rows = model["bundle"].spec, model["rows"]
     out = {}
     for n in sizes:
-        raw = rows.head(n).select(list(spec["inputs"]))
+        raw = rows.head(n).select(list(spec.inputs))
         features = apply_transform(rows.head(n), spec)
         (folder/f"raw_{n}.json").write_text(json.dumps({"rows": raw.to_dicts()}))
         (folder/f"mlflow_{n}.json").write_text(json.dumps({"dataframe_split": {"columns": features.columns, "data": features.rows()}}))
@@ -207,7 +207,7 @@ def main() -> dict:
     ours, mlflow_rps, bare = rps("mlops_serve"), rps("mlflow_models_serve"), rps("bare_asgi")
     result = {"benchmark": "one registered model served by mlops_serve, `mlflow models serve` and a bare ASGI callable, loaded by wrk",
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds_per_run": args.seconds,
-              "model": {"name": settings.model_name, "features": len(model["bundle"].spec["features"]),
+              "model": {"name": settings.model_name, "features": len(model["bundle"].spec.features),
                         "trees": model["bundle"].booster.num_boosted_rounds()},
               "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
               "servers": results,

@@ -12,7 +12,8 @@ import msgspec
 import polars as pl
 
 from .config import Settings
-from .runs import read_json, stage_folder, stage_run, write_json
+from .runs import stage_folder, stage_run
+from .records import TransformSpec, read_json, write_json
 from .ingest import load_stage_snapshot, read_snapshot
 from .prepare import describe_split, prepare
 
@@ -39,11 +40,11 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
         with stage_run(settings, "03_clean", parent_run_id):
             mlflow.log_params({f"rows_{k}": v for k, v in (rows | removed).items()} | {"split": describe_split(split, data)})
             mlflow.log_dict(spec, "transform.json")
-        summary = (f"{len(spec['features'])} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
+        summary = (f"{len(spec.features)} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
                    f"({removed['unlabelled']:,} without a label, {removed['untimed']:,} without a time and {removed['duplicates']:,} duplicates removed); "
                    f"split {describe_split(split, data)}")
         rows_in_out = {"in": snapshot["rows"], **removed, "out": sum(rows.values())}  # in = unlabelled + duplicates + out
-        info = {"rows": rows, "removed": removed, "rows_in_out": rows_in_out, "features": spec["features"], "data_digest": snapshot["digest"], "summary": summary,
+        info = {"rows": rows, "removed": removed, "rows_in_out": rows_in_out, "features": spec.features, "data_digest": snapshot["digest"], "summary": summary,
                 "split": msgspec.to_builtins(split), "split_description": describe_split(split, data)}
         write_json(out/"clean.json", info)
     log.info("clean: %s", summary)
@@ -53,6 +54,6 @@ def load_split(run_dir:Path, name:str) -> pl.DataFrame:
     "One split (`train`, `valid` or `test`) that the clean stage left in `run_dir`."
     return pl.read_parquet(Path(run_dir)/"clean"/f"{name}.parquet")
 
-def load_transform(run_dir:Path) -> dict:
+def load_transform(run_dir:Path) -> TransformSpec:
     "The feature transformation the clean stage fitted."
-    return read_json(Path(run_dir)/"clean"/"transform.json")
+    return read_json(Path(run_dir)/"clean"/"transform.json", TransformSpec)

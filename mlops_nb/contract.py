@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .runs import read_json, write_json
+from .records import ColumnRule, DataContract, read_json, write_json
 
 # %% auto #0
 __all__ = ['ContractError', 'schema_of', 'sql_identifier', 'free_name', 'sql_columns', 'type_family', 'infer_contract',
@@ -52,17 +52,17 @@ def type_family(dtype:pl.DataType) -> str:
     return str(dtype)
 
 # %% ../nbs/00a_contract.ipynb #5b15e8e4
-def _column_contract(s:pl.Series, margin:float, max_categories:int) -> dict:
-    spec = {"type": type_family(s.dtype), "nullable": s.null_count() > 0}
-    if spec["type"] in ("int", "float") and s.drop_nulls().len():
+def _column_contract(s:pl.Series, margin:float, max_categories:int) -> ColumnRule:
+    spec = ColumnRule(type=type_family(s.dtype), nullable=s.null_count() > 0)
+    if spec.type in ("int", "float") and s.drop_nulls().len():
         low, high = float(s.min()), float(s.max())
         pad = margin*(high - low)
         low, high = (max(low - pad, 0.0) if low >= 0 else low - pad), high + pad  # never below zero if the data never was
-        if spec["type"] == "int": low, high = float(math.floor(low)), float(math.ceil(high))
-        spec.update(min=low, max=high)
-    if spec["type"] == "string":
+        if spec.type == "int": low, high = float(math.floor(low)), float(math.ceil(high))
+        spec.min, spec.max = low, high
+    if spec.type == "string":
         values = s.drop_nulls().unique()
-        if values.len() <= max_categories: spec.update(categories=sorted(values.to_list()), unknown="missing")
+        if values.len() <= max_categories: spec.categories, spec.unknown = sorted(values.to_list()), "missing"
     return spec
 
 def infer_contract(df:pl.DataFrame, # the first snapshot
@@ -70,59 +70,58 @@ def infer_contract(df:pl.DataFrame, # the first snapshot
                    margin:float=0.1, # ranges widened by this share of the span on each side
                    max_categories:int=200, # list the categories of text columns with at most this many
                    source:str="", # recorded: what the contract was inferred from
-                  ) -> dict:
+                  ) -> DataContract:
     "A contract describing `df`."
-    return {"version": 1, "inferred_from": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "keys": list(keys), "columns": {c: _column_contract(df[c], margin, max_categories) for c in df.columns}}
+    return DataContract(inferred_from=source, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        keys=list(keys), columns={c: _column_contract(df[c], margin, max_categories) for c in df.columns})
 
 # %% ../nbs/00a_contract.ipynb #c6d39a08
-def schema_changes(df:pl.DataFrame|pl.LazyFrame, contract:dict) -> list[str]:
+def schema_changes(df:pl.DataFrame|pl.LazyFrame, contract:DataContract) -> list[str]:
     "Each way `df`'s columns differ from the contract's, as a line of text."
     schema = schema_of(df)
-    expected = contract["columns"]
+    expected = contract.columns
     changes = [f"new column {c!r} ({type_family(t)})" for c, t in schema.items() if c not in expected]
-    changes += [f"missing column {c!r} ({spec['type']})" for c, spec in expected.items() if c not in schema]
-    changes += [f"column {c!r} changed type: {expected[c]['type']} -> {type_family(t)}"
-                for c, t in schema.items() if c in expected and type_family(t) != expected[c]["type"]]
+    changes += [f"missing column {c!r} ({spec.type})" for c, spec in expected.items() if c not in schema]
+    changes += [f"column {c!r} changed type: {expected[c].type} -> {type_family(t)}"
+                for c, t in schema.items() if c in expected and type_family(t) != expected[c].type]
     return changes
 
-def check_schema(df:pl.DataFrame|pl.LazyFrame, contract:dict, where:str="the data") -> None:
+def check_schema(df:pl.DataFrame|pl.LazyFrame, contract:DataContract, where:str="the data") -> None:
     "Raise `ContractError` listing every column change against the contract."
     changes = schema_changes(df, contract)
     if changes: raise ContractError(f"{where} no longer matches the data contract:\n  " + "\n  ".join(changes) +
                                     "\nFix the source, or update the contract file if the change is intended.")
 
 # %% ../nbs/00a_contract.ipynb #8c98d270
-def _rules(contract:dict, columns:list[str], keys:bool=True) -> list[tuple[pl.Expr, pl.Expr]]:
+def _rules(contract:DataContract, columns:list[str], keys:bool=True) -> list[tuple[pl.Expr, pl.Expr]]:
     "Each rule as (condition a row breaks it on, the reason in words)."
     rules = []
-    for c, spec in contract["columns"].items():
+    for c, spec in contract.columns.items():
         if c not in columns: continue
         col = pl.col(c)
-        if not spec["nullable"]: rules.append((col.is_null(), pl.lit(f"{c} is missing")))
-        if "min" in spec:
-            rules.append((col < spec["min"], pl.format(f"{c}={{}} below {spec['min']:.6g}", col)))
-            rules.append((col > spec["max"], pl.format(f"{c}={{}} above {spec['max']:.6g}", col)))
-        if spec.get("unknown") == "reject":
-            rules.append((col.is_not_null() & ~col.is_in(spec["categories"]), pl.format(f"{c}={{}} is not an allowed category", col)))
-    key_columns = contract.get("keys") or []
+        if not spec.nullable: rules.append((col.is_null(), pl.lit(f"{c} is missing")))
+        if spec.min is not None: rules.append((col < spec.min, pl.format(f"{c}={{}} below {spec.min:.6g}", col)))
+        if spec.max is not None: rules.append((col > spec.max, pl.format(f"{c}={{}} above {spec.max:.6g}", col)))
+        if spec.unknown == "reject":
+            rules.append((col.is_not_null() & ~col.is_in(spec.categories), pl.format(f"{c}={{}} is not an allowed category", col)))
+    key_columns = contract.keys
     if keys and key_columns and all(k in columns for k in key_columns):
         rules.append((pl.struct(key_columns).is_duplicated(), pl.lit(f"duplicate key ({', '.join(key_columns)})")))
     return rules
 
-def broken_reason(contract:dict, columns:list[str], keys:bool=True) -> pl.Expr:
+def broken_reason(contract:DataContract, columns:list[str], keys:bool=True) -> pl.Expr:
     "An expression giving, per row, why it breaks the contract ('; '-joined), or null; eager or lazy frames alike."
     rules = _rules(contract, columns, keys)
     if not rules: return pl.lit(None, dtype=pl.String).alias("reason")
     reason = pl.concat_str([pl.when(cond).then(text) for cond, text in rules], separator="; ", ignore_nulls=True)
     return pl.when(reason != "").then(reason).alias("reason")
 
-def broken_mask(contract:dict, columns:list[str], keys:bool=True) -> pl.Expr:
+def broken_mask(contract:DataContract, columns:list[str], keys:bool=True) -> pl.Expr:
     "True for the rows that break the contract: the same rules as `broken_reason`, without building their words."
     rules = _rules(contract, columns, keys)
     return pl.any_horizontal([cond.fill_null(False) for cond, _ in rules]) if rules else pl.lit(False)
 
-def find_broken_rows(df:pl.DataFrame, contract:dict) -> pl.Series:
+def find_broken_rows(df:pl.DataFrame, contract:DataContract) -> pl.Series:
     "Per row, why it breaks the contract, or null when it keeps it."
     return df.select(broken_reason(contract, df.columns))["reason"]
 
@@ -136,17 +135,17 @@ def duplicate_keys(frame:pl.LazyFrame, keys:list[str]) -> pl.DataFrame:
     candidates = frame.select(keys).filter(hashed.is_in(repeated.implode())).collect(engine="streaming")
     return candidates.filter(pl.struct(keys).is_duplicated()).unique(maintain_order=True)
 
-def rows_keeping_contract(frame:pl.LazyFrame, contract:dict, where:str="the data") -> pl.LazyFrame:
+def rows_keeping_contract(frame:pl.LazyFrame, contract:DataContract, where:str="the data") -> pl.LazyFrame:
     "A query over the rows of `frame` that keep the contract; it streams (the column check runs at once)."
     check_schema(frame, contract, where)
-    columns, keys = schema_of(frame).names(), contract.get("keys") or []
+    columns, keys = schema_of(frame).names(), contract.keys
     if keys and all(k in columns for k in keys):
         repeated = duplicate_keys(frame, keys)
         if repeated.height: frame = frame.join(repeated.lazy(), on=keys, how="anti", maintain_order="left")
     return frame.filter(~broken_mask(contract, columns, keys=False))
 
 # %% ../nbs/00a_contract.ipynb #c53c80a2
-def enforce_contract(df:pl.DataFrame, contract:dict, max_broken_share:float=0.01,
+def enforce_contract(df:pl.DataFrame, contract:DataContract, max_broken_share:float=0.01,
                      where:str="the data") -> tuple[pl.DataFrame, pl.DataFrame]:
     "The rows that keep the contract, and the quarantined rows with a `_reason` column."
     check_schema(df, contract, where)
@@ -166,10 +165,10 @@ def check_broken_share(total:int, quarantined:pl.DataFrame, max_broken_share:flo
                             + (f"\nEvery broken row, with its reason: {quarantine_path}" if quarantine_path else ""))
 
 # %% ../nbs/00a_contract.ipynb #68e07094
-def load_or_create_contract(path:str|Path, df:pl.DataFrame, keys:list[str]=(), source:str="") -> tuple[dict, bool]:
+def load_or_create_contract(path:str|Path, df:pl.DataFrame, keys:list[str]=(), source:str="") -> tuple[DataContract, bool]:
     "The contract at `path`, inferred from `df` and written there first when absent; and whether it is new."
     path = Path(path)
-    if path.exists(): return read_json(path), False
+    if path.exists(): return read_json(path, DataContract), False
     contract = infer_contract(df, keys, source=source)
     write_json(path, contract)
     return contract, True

@@ -16,7 +16,8 @@ from pathlib import Path
 from fastcore.script import call_parse
 
 from .config import Settings, load_settings
-from .runs import log_to_console, read_json
+from .runs import log_to_console
+from .records import RunLedger, read_json
 from .runner import notebooks_dir
 
 # %% auto #0
@@ -53,7 +54,7 @@ def execute_notebook(notebook:Path, dest:Path) -> Path:
 def latest_run(settings:Settings) -> Path|None:
     "The folder of the newest pipeline run that finished, if any."
     ledgers = sorted(Path(settings.runs_dir).glob("*/run.json"), key=lambda p: p.stat().st_mtime)
-    done = [p.parent for p in ledgers if read_json(p).get("status") == "ok"]
+    done = [p.parent for p in ledgers if read_json(p, RunLedger).status == "ok"]
     return done[-1] if done else None
 
 def champion_card(settings:Settings) -> tuple[str, str]|None:
@@ -89,12 +90,12 @@ def run_pages(settings:Settings, site:Path, bench:Path|None=None) -> list[str]:
     out = site/"run"; out.mkdir(parents=True, exist_ok=True)
     run = latest_run(settings)
     none = ["No pipeline run has finished yet: `make run` (or `mlops_run`) makes one.", ""]
-    ledger = read_json(run/"run.json") if run else {}
-    stages = [{"stage": s["name"], "status": s["status"], "seconds": s["seconds"], "summary": s.get("summary", "")} for s in ledger.get("stages", [])]
+    ledger = read_json(run/"run.json", RunLedger) if run else None
+    stages = [{"stage": s.name, "status": s.status, "seconds": s.seconds, "summary": s.summary} for s in (ledger.stages if ledger else [])]
     pages = {
-        "latest": ["# Latest run", ""] + ([f"Run `{ledger['run_id']}`, started {ledger['started']}, git commit `{ledger.get('git_commit', '')}`, "
-                                        f"data digest `{ledger.get('data_digest', '')}`: registered version {ledger.get('registered_version')}, "
-                                        f"promoted: {ledger.get('promoted')}.", ""] + _md_table(stages) if run else none),
+        "latest": ["# Latest run", ""] + ([f"Run `{ledger.run_id}`, started {ledger.started}, git commit `{ledger.git_commit}`, "
+                                        f"data digest `{ledger.data_digest or ''}`: registered version {ledger.registered_version}, "
+                                        f"promoted: {ledger.promoted}.", ""] + _md_table(stages) if run else none),
         "data": ["# Data report", ""] + (_images(run/"eda", out, "eda") if run else none),
         "tuning": ["# Tuning results", ""] + ((["```json", json.dumps(read_json(run/"tune"/"best.json"), indent=2), "```", ""]
                                               if (run/"tune"/"best.json").exists() else []) + _images(run/"tune", out, "tune") if run else none),

@@ -12,7 +12,8 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from .config import Settings
-from .runs import stage_folder, stage_run, write_json
+from .runs import stage_folder, stage_run
+from .records import write_json
 from .contract import type_family
 from .drift import drift_table
 from .ingest import load_stage_snapshot, read_snapshot
@@ -163,9 +164,9 @@ def eda_report(df:pl.DataFrame, settings:Settings) -> tuple[dict, dict]:
     roles = column_roles(df, settings)
     prepared = prepare(df, settings)  # the rows and split the clean stage will make, and the features it will fit
     spec = prepared.spec
-    numeric, categorical = list(spec["numeric"]), list(spec["categorical"])
-    df = derive(df, spec["derived"])
-    train, test = (derive(prepared.parts[p], spec["derived"]) for p in ("train", "test"))
+    numeric, categorical = list(spec.numeric), list(spec.categorical)
+    df = derive(df, spec.derived)
+    train, test = (derive(prepared.parts[p], spec.derived) for p in ("train", "test"))
     correlations = target_correlations(df, numeric, target)
     tables = {"roles": roles, "summary": column_summary(df), "missing": missing_table(df), "correlations": correlations,
               "rate_over_time": target_rate_over_time(df, data.time_column, target) if data.time_column else pl.DataFrame(),

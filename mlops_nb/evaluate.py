@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from .config import EvaluateSettings, Settings, SplitSettings, load_settings
-from .runs import read_json, stage_folder, stage_run, use_tracking, write_atomic, write_json
+from .runs import stage_folder, stage_run, use_tracking
+from .records import DataContract, EvaluationResult, GateCheck, PromotionDecision, read_json, write_atomic, write_json
 from .ingest import redact
 from .clean import load_split, load_transform
 from .prepare import apply_transform, describe_split
@@ -76,7 +77,7 @@ def calibration_table(y:np.ndarray, proba:np.ndarray, bins:int=10) -> pl.DataFra
 def slice_columns(ev:EvaluateSettings, spec:dict, rows:pl.DataFrame) -> list[str]:
     "The columns judged per value: `ev.slices`, or the model's categorical features with at most `ev.max_slice_values` values in `rows`."
     if ev.slices: return ev.slices
-    return [c for c in spec["categorical"] if c in rows.columns and rows[c].n_unique() <= ev.max_slice_values]
+    return [c for c in spec.categorical if c in rows.columns and rows[c].n_unique() <= ev.max_slice_values]
 
 def slice_metrics(df:pl.DataFrame, proba:np.ndarray, target:str, threshold:float, columns:list[str], min_rows:int=200) -> pl.DataFrame:
     "ROC AUC, precision and recall per value of each slice column (slices of `min_rows` or more), weakest first."
@@ -166,16 +167,16 @@ def one_row_latency_ms(bundle:ModelBundle, row:pl.DataFrame, repeats:int=10, rou
     return min(median_ms(clock) for _ in range(rounds) for clock in clocks)
 
 def gate_checks(settings:Settings, challenger:ModelBundle, test:pl.DataFrame, challenger_auc:float,
-                champion:ModelBundle|None) -> list[dict]:
+                champion:ModelBundle|None) -> list[GateCheck]:
     "Each promotion check with its value, its limit and whether it passed."
-    g, target = settings.gate, challenger.spec["target"]
+    g, target = settings.gate, challenger.spec.target
     latency = one_row_latency_ms(challenger, test.head(1))
-    checks = [{"check": "min_roc_auc", "value": challenger_auc, "limit": g.min_roc_auc, "passed": challenger_auc >= g.min_roc_auc},
-              {"check": "latency_ms", "value": latency, "limit": g.latency_budget_ms, "passed": latency <= g.latency_budget_ms}]
+    checks = [GateCheck(check="min_roc_auc", value=challenger_auc, limit=g.min_roc_auc, passed=challenger_auc >= g.min_roc_auc),
+              GateCheck(check="latency_ms", value=latency, limit=g.latency_budget_ms, passed=latency <= g.latency_budget_ms)]
     if champion is None: return checks
     champion_auc = float(skm.roc_auc_score(test[target].to_numpy(), champion.predict_proba(test)))
-    checks.append({"check": "gain", "value": challenger_auc - champion_auc, "limit": g.min_gain,
-                   "passed": challenger_auc - champion_auc > g.min_gain, "champion_roc_auc": champion_auc})
+    checks.append(GateCheck(check="gain", value=challenger_auc - champion_auc, limit=g.min_gain,
+                            passed=challenger_auc - champion_auc > g.min_gain, champion_roc_auc=champion_auc))
     ev = settings.evaluate
     columns = slice_columns(ev, challenger.spec, test)
     mine = slice_metrics(test, challenger.predict_proba(test), target, challenger.threshold, columns, ev.min_slice_rows)
@@ -183,42 +184,42 @@ def gate_checks(settings:Settings, challenger:ModelBundle, test:pl.DataFrame, ch
     both = mine.join(theirs, on=["slice", "value"], suffix="_champion").with_columns(
         (pl.col("roc_auc_champion") - pl.col("roc_auc")).alias("drop")).sort("drop", descending=True)
     worst = both.row(0, named=True) if both.height else None
-    checks.append({"check": "max_slice_drop", "value": worst["drop"] if worst else 0.0, "limit": g.max_slice_drop,
-                   "passed": worst is None or worst["drop"] <= g.max_slice_drop,
-                   "worst_slice": f"{worst['slice']}={worst['value']}" if worst else ""})
+    checks.append(GateCheck(check="max_slice_drop", value=worst["drop"] if worst else 0.0, limit=g.max_slice_drop,
+                            passed=worst is None or worst["drop"] <= g.max_slice_drop,
+                            worst_slice=f"{worst['slice']}={worst['value']}" if worst else ""))
     window = labelled_window(settings, challenger, champion)
     if window is not None:
         y = window["true_label"].to_numpy()
         mine, theirs = (float(skm.roc_auc_score(y, m.predict_proba(window))) for m in (challenger, champion))
-        checks.append({"check": "window_drop", "value": theirs - mine, "limit": g.max_window_drop,
-                       "passed": theirs - mine <= g.max_window_drop, "window_rows": window.height,
-                       "window_roc_auc": mine, "champion_window_roc_auc": theirs})
+        checks.append(GateCheck(check="window_drop", value=theirs - mine, limit=g.max_window_drop,
+                                passed=theirs - mine <= g.max_window_drop, window_rows=window.height,
+                                window_roc_auc=mine, champion_window_roc_auc=theirs))
     return checks
 
 def labelled_window(settings:Settings, *models:ModelBundle) -> pl.DataFrame|None:
     "The latest served rows with their true labels, if there are enough of both classes and they hold every input the models read."
     g = settings.gate
     window = labelled_predictions(settings.inference_log_url, g.window_rows)
-    needed = {c for m in models for c in m.spec["inputs"]}
+    needed = {c for m in models for c in m.spec.inputs}
     if window.height < g.min_window_rows or window["true_label"].n_unique() < 2 or not needed <= set(window.columns): return None
     return window
 
-def _reason(checks:list[dict], current:str|None) -> str:
-    failed = [c for c in checks if not c["passed"]]
-    gain = next((c for c in checks if c["check"] == "gain"), None)
-    if gain and not gain["passed"]:
-        challenger_auc = gain["champion_roc_auc"] + gain["value"]
-        return f"test ROC AUC {challenger_auc:.4f} <= champion v{current}'s {gain['champion_roc_auc']:.4f} + {gain['limit']}"
-    if failed: return "; ".join(f"{c['check']} {c['value']:.4g} beyond its limit {c['limit']:.4g}" for c in failed)
+def _reason(checks:list[GateCheck], current:str|None) -> str:
+    failed = [c for c in checks if not c.passed]
+    gain = next((c for c in checks if c.check == "gain"), None)
+    if gain and not gain.passed:
+        challenger_auc = gain.champion_roc_auc + gain.value
+        return f"test ROC AUC {challenger_auc:.4f} <= champion v{current}'s {gain.champion_roc_auc:.4f} + {gain.limit}"
+    if failed: return "; ".join(f"{c.check} {c.value:.4g} beyond its limit {c.limit:.4g}" for c in failed)
     return "no champion yet" if current is None else f"every check passed against champion v{current}"
 
-def decide_promotion(settings:Settings, challenger:ModelBundle, test:pl.DataFrame, challenger_auc:float) -> dict:
+def decide_promotion(settings:Settings, challenger:ModelBundle, test:pl.DataFrame, challenger_auc:float) -> PromotionDecision:
     "Run the gate against the champion on `test`; in enforce mode move the aliases. The decision."
     import mlflow
     current = champion_version(settings)
     champion = load_bundle(settings, version=current) if current else None
     checks = gate_checks(settings, challenger, test, challenger_auc, champion)
-    passed, enforce = all(c["passed"] for c in checks), settings.gate.mode == "enforce"
+    passed, enforce = all(c.passed for c in checks), settings.gate.mode == "enforce"
     if settings.gate.mode not in ("enforce", "dry_run"): raise ValueError(f"gate.mode must be 'enforce' or 'dry_run', not {settings.gate.mode!r}")
     client, name = mlflow.MlflowClient(), settings.model_name
     if enforce and passed:
@@ -228,12 +229,12 @@ def decide_promotion(settings:Settings, challenger:ModelBundle, test:pl.DataFram
     reason = _reason(checks, current)
     promoted = enforce and passed
     for k, v in {"promoted": str(promoted).lower(), "promotion_reason": reason, "gate_mode": settings.gate.mode,
-                 "gate_passed": str(passed).lower(), "gate_checks": json.dumps(checks)[:5000]}.items():
+                 "gate_passed": str(passed).lower(), "gate_checks": msgspec.json.encode(checks).decode()[:5000]}.items():
         client.set_model_version_tag(name, challenger.version, k, v)
-    return {"challenger": challenger.version, "champion_before": current, "challenger_roc_auc": challenger_auc,
-            "champion_roc_auc": next((c["champion_roc_auc"] for c in checks if c["check"] == "gain"), None),
-            "mode": settings.gate.mode, "checks": checks, "passed": passed, "promoted": promoted, "reason": reason,
-            "champion_after": champion_version(settings)}
+    return PromotionDecision(challenger=challenger.version, champion_before=current, challenger_roc_auc=challenger_auc,
+                             champion_roc_auc=next((c.champion_roc_auc for c in checks if c.check == "gain"), None),
+                             mode=settings.gate.mode, checks=checks, passed=passed, promoted=promoted, reason=reason,
+                             champion_after=champion_version(settings))
 
 # %% ../nbs/05_evaluate.ipynb #cb8f82ec
 class BehaviourError(AssertionError):
@@ -245,7 +246,7 @@ def behaviour_checks(bundle:ModelBundle, rows:pl.DataFrame, cases:list[dict]) ->
     for case in cases:
         if case["check"] == "direction":
             f, values = case["feature"], case["values"]
-            if f not in bundle.spec["inputs"]: raise ValueError(f"evaluate.behaviour: {f!r} is not an input column of the model")
+            if f not in bundle.spec.inputs: raise ValueError(f"evaluate.behaviour: {f!r} is not an input column of the model")
             grid = np.stack([bundle.predict_proba(rows.with_columns(pl.lit(v).cast(rows.schema[f]).alias(f))) for v in values], axis=1)
             steps = np.diff(grid, axis=1)
             broken = (steps < -1e-9).any(axis=1) if case.get("direction", "increasing") == "increasing" else (steps > 1e-9).any(axis=1)
@@ -312,18 +313,18 @@ Confusion matrix at the threshold: {scores["tp"]:,} true positives, {scores["fp"
 """
 
 # %% ../nbs/05_evaluate.ipynb #f9f57e72
-def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
+def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> EvaluationResult:
     "Test the tuned model, register it, and promote it if it beats the champion."
     import mlflow
     booster, tuned = xgb.Booster(model_file=str(Path(run_dir)/"tune"/"model.ubj")), read_json(Path(run_dir)/"tune"/"best.json")
     cleaned = read_json(Path(run_dir)/"clean"/"clean.json")
     digest = cleaned["data_digest"]
     settings = msgspec.structs.replace(settings, split=SplitSettings(**cleaned["split"]))  # the split as the clean stage resolved it
-    contract = read_json(settings.data.contract) if Path(settings.data.contract).exists() else None
+    contract = read_json(settings.data.contract, DataContract) if Path(settings.data.contract).exists() else None
     bundle = ModelBundle(booster, load_transform(run_dir), data_digest=digest, name=settings.model_name, contract=contract,
                          train_until=settings.split.valid_from if settings.data.time_column else "", split=cleaned["split"])
     valid, test = load_split(run_dir, "valid"), load_split(run_dir, "test")
-    target = bundle.spec["target"]
+    target = bundle.spec.target
     with stage_folder(run_dir, "evaluate") as out:
         behaviour = behaviour_checks(bundle, test.sample(min(test.height, 200), seed=0), settings.evaluate.behaviour)
         write_json(out/"behaviour.json", behaviour)
@@ -354,13 +355,13 @@ def evaluate_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dic
             mlflow.log_text(card, "evaluation/model_card.md")
             mlflow.MlflowClient().update_model_version(settings.model_name, bundle.version, description=card)
             decision = decide_promotion(settings, bundle, test, scores["roc_auc"])
-            mlflow.log_dict(decision, "promotion.json")
+            mlflow.log_dict(msgspec.to_builtins(decision), "promotion.json")
         write_json(out/"metrics.json", scores)
         summary = (f"test ROC AUC {scores['roc_auc']:.4f}, F1 {scores['f1']:.3f} at {bundle.threshold:.3f}; "
-                   f"registered v{bundle.version}, {'promoted to champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
-        info = {"metrics": scores, "behaviour": behaviour, "threshold_rule": rule, "threshold_reason": threshold_reason,
-                "worst_slices": slices.head(5).to_dicts(), "decision": decision, "version": bundle.version,
-                "evaluate_run_id": run.info.run_id, "summary": summary}
+                   f"registered v{bundle.version}, {'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason})")
+        info = EvaluationResult(metrics=scores, behaviour=behaviour, threshold_rule=rule, threshold_reason=threshold_reason,
+                                worst_slices=slices.head(5).to_dicts(), decision=decision, version=bundle.version,
+                                evaluate_run_id=run.info.run_id, summary=summary)
         write_json(out/"evaluate.json", info)
     log.info("evaluate: %s", summary)
     return info

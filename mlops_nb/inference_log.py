@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['log', 'PREDICTIONS', 'FEEDBACK', 'store_engine', 'InferenceLog', 'read_inference_log', 'read_feedback',
@@ -60,7 +61,37 @@ def store_engine(url:str) -> sa.Engine:
 
 def _utc_now() -> str: return datetime.now(timezone.utc).isoformat()
 
-# %% ../nbs/04b_inference_log.ipynb #007556fe
+# %% ../nbs/04b_inference_log.ipynb #d607e277
+_json_encoder = msgspec.json.Encoder()
+
+def _json(row:dict) -> str:
+    "One row's inputs as JSON text (msgspec: several times faster than the json module, dates included)."
+    return _json_encoder.encode(row).decode()
+
+_CHUNK = 256  # rows per executemany: the writer lets go of the GIL between chunks
+_TABLES = {"prediction": PREDICTIONS, "feedback": FEEDBACK}
+_COLUMNS = {kind: [c.name for c in table.columns if c.name != "id"] for kind, table in _TABLES.items()}  # a record's order
+
+def _insert_sql(engine:sa.Engine, kind:str) -> str:
+    "The driver's own INSERT statement for one kind of record, in its placeholder style."
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[engine.dialect.paramstyle]
+    quote = engine.dialect.identifier_preparer.quote
+    return f"INSERT INTO {_TABLES[kind].name} ({', '.join(map(quote, _COLUMNS[kind]))}) VALUES ({', '.join([mark]*len(_COLUMNS[kind]))})"
+
+def _records(kind:str, payload) -> list[tuple[str, tuple]]:
+    "The rows to insert for one queued item; the JSON of the inputs is made here, off the request path."
+    if kind == "feedback": return [(kind, payload)]
+    request_id, seconds, version, inputs, proba, labels = payload
+    now = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+    return [(kind, (request_id, i, now, version, _json(row), p, l))
+            for i, (row, p, l) in enumerate(zip(_rows(inputs), proba.tolist(), labels.tolist()))]
+
+def _rows(inputs:pl.DataFrame|dict[str, list]):
+    "Each row of `inputs` as a dict."
+    if isinstance(inputs, pl.DataFrame): return inputs.iter_rows(named=True)
+    return (dict(zip(inputs, values)) for values in zip(*inputs.values()))
+
+# %% ../nbs/04b_inference_log.ipynb #b44eb9f3
 _FLUSH = object()
 
 class InferenceLog:
@@ -120,93 +151,71 @@ class InferenceLog:
         self.queue.append(item)
         return True
 
-    def _run(self):
-        failures, flushes = 0, []
-        while True:
-            stopping = self._stop.is_set()
-            if not failures or stopping:  # while the store fails, new records wait in the bounded queue
-                if not stopping: self._wake.wait(self.batch_seconds)  # a batch gathers; a flush or close cuts it short
-                self._wake.clear()
-                self._take(flushes)
-            if self._pending:
-                try:
-                    self._write(self._pending)
-                    self._pending, failures = [], 0
-                except Exception as e:
-                    failures += 1
-                    self.errors += 1
-                    self.on_error()
-                    log.error("inference log: writing %d records failed (attempt %d): %s", len(self._pending), failures, e)
-                    if stopping and failures >= 3: return self._write_spool()
-                    self._stop.wait(min(0.1*2**failures, 5.0))  # a close cuts the pause short
-                    continue
-            for done in flushes: done.set()
-            flushes.clear()
-            if stopping and not self.queue: return
+# %% ../nbs/04b_inference_log.ipynb #c13851d7
+@patch
+def _run(self:InferenceLog):
+    failures, flushes = 0, []
+    while True:
+        stopping = self._stop.is_set()
+        if not failures or stopping:  # while the store fails, new records wait in the bounded queue
+            if not stopping: self._wake.wait(self.batch_seconds)  # a batch gathers; a flush or close cuts it short
+            self._wake.clear()
+            self._take(flushes)
+        if self._pending:
+            try:
+                self._write(self._pending)
+                self._pending, failures = [], 0
+            except Exception as e:
+                failures += 1
+                self.errors += 1
+                self.on_error()
+                log.error("inference log: writing %d records failed (attempt %d): %s", len(self._pending), failures, e)
+                if stopping and failures >= 3: return self._write_spool()
+                self._stop.wait(min(0.1*2**failures, 5.0))  # a close cuts the pause short
+                continue
+        for done in flushes: done.set()
+        flushes.clear()
+        if stopping and not self.queue: return
 
-    def _take(self, flushes:list):
-        "Move what is queued into the pending records."
-        while self.queue:
-            kind, payload = self.queue.popleft()
-            if kind is _FLUSH: flushes.append(payload)
-            else:
-                built = len(self._pending)
-                self._pending.extend(_records(kind, payload))
-                if built // _CHUNK != len(self._pending) // _CHUNK: time.sleep(0)  # lets the request threads have the GIL
+@patch
+def _take(self:InferenceLog, flushes:list):
+    "Move what is queued into the pending records."
+    while self.queue:
+        kind, payload = self.queue.popleft()
+        if kind is _FLUSH: flushes.append(payload)
+        else:
+            built = len(self._pending)
+            self._pending.extend(_records(kind, payload))
+            if built // _CHUNK != len(self._pending) // _CHUNK: time.sleep(0)  # lets the request threads have the GIL
 
-    def _write(self, records:list[tuple[str, tuple]]):
-        with self.engine.begin() as c:
-            for table, insert in self._inserts.items():
-                rows = [r for kind, r in records if kind == table]
-                for start in range(0, len(rows), _CHUNK):
-                    c.exec_driver_sql(insert, rows[start:start + _CHUNK])  # the driver's executemany: half the time of a Core insert
-                    time.sleep(0)
+@patch
+def _write(self:InferenceLog, records:list[tuple[str, tuple]]):
+    with self.engine.begin() as c:
+        for table, insert in self._inserts.items():
+            rows = [r for kind, r in records if kind == table]
+            for start in range(0, len(rows), _CHUNK):
+                c.exec_driver_sql(insert, rows[start:start + _CHUNK])  # the driver's executemany: half the time of a Core insert
+                time.sleep(0)
 
-    def _write_spool(self):
-        self._take([])
-        if not self.spool:
-            log.error("inference log: %d records lost: the store is down and no spool file is set", len(self._pending))
-            return
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool.open("a") as f:
-            for kind, r in self._pending: f.write(json.dumps({"kind": kind, "record": dict(zip(_COLUMNS[kind], r))}) + "\n")
-        log.warning("inference log: the store is down; %d records kept in %s until the next start", len(self._pending), self.spool)
+# %% ../nbs/04b_inference_log.ipynb #b39616f7
+@patch
+def _write_spool(self:InferenceLog):
+    self._take([])
+    if not self.spool:
+        log.error("inference log: %d records lost: the store is down and no spool file is set", len(self._pending))
+        return
+    self.spool.parent.mkdir(parents=True, exist_ok=True)
+    with self.spool.open("a") as f:
+        for kind, r in self._pending: f.write(json.dumps({"kind": kind, "record": dict(zip(_COLUMNS[kind], r))}) + "\n")
+    log.warning("inference log: the store is down; %d records kept in %s until the next start", len(self._pending), self.spool)
 
-    def _read_spool(self) -> list[tuple[str, tuple]]:
-        if not self.spool or not self.spool.exists(): return []
-        lines = [json.loads(l) for l in self.spool.read_text().splitlines() if l.strip()]
-        self.spool.unlink()  # the records are pending now; if the store is still down, close() spools them again
-        log.info("inference log: %d records from the spool file will be written first", len(lines))
-        return [(l["kind"], tuple(l["record"][c] for c in _COLUMNS[l["kind"]])) for l in lines]
-
-_json_encoder = msgspec.json.Encoder()
-
-def _json(row:dict) -> str:
-    "One row's inputs as JSON text (msgspec: several times faster than the json module, dates included)."
-    return _json_encoder.encode(row).decode()
-
-_CHUNK = 256  # rows per executemany: the writer lets go of the GIL between chunks
-_TABLES = {"prediction": PREDICTIONS, "feedback": FEEDBACK}
-_COLUMNS = {kind: [c.name for c in table.columns if c.name != "id"] for kind, table in _TABLES.items()}  # a record's order
-
-def _insert_sql(engine:sa.Engine, kind:str) -> str:
-    "The driver's own INSERT statement for one kind of record, in its placeholder style."
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[engine.dialect.paramstyle]
-    quote = engine.dialect.identifier_preparer.quote
-    return f"INSERT INTO {_TABLES[kind].name} ({', '.join(map(quote, _COLUMNS[kind]))}) VALUES ({', '.join([mark]*len(_COLUMNS[kind]))})"
-
-def _records(kind:str, payload) -> list[tuple[str, tuple]]:
-    "The rows to insert for one queued item; the JSON of the inputs is made here, off the request path."
-    if kind == "feedback": return [(kind, payload)]
-    request_id, seconds, version, inputs, proba, labels = payload
-    now = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
-    return [(kind, (request_id, i, now, version, _json(row), p, l))
-            for i, (row, p, l) in enumerate(zip(_rows(inputs), proba.tolist(), labels.tolist()))]
-
-def _rows(inputs:pl.DataFrame|dict[str, list]):
-    "Each row of `inputs` as a dict."
-    if isinstance(inputs, pl.DataFrame): return inputs.iter_rows(named=True)
-    return (dict(zip(inputs, values)) for values in zip(*inputs.values()))
+@patch
+def _read_spool(self:InferenceLog) -> list[tuple[str, tuple]]:
+    if not self.spool or not self.spool.exists(): return []
+    lines = [json.loads(l) for l in self.spool.read_text().splitlines() if l.strip()]
+    self.spool.unlink()  # the records are pending now; if the store is still down, close() spools them again
+    log.info("inference log: %d records from the spool file will be written first", len(lines))
+    return [(l["kind"], tuple(l["record"][c] for c in _COLUMNS[l["kind"]])) for l in lines]
 
 # %% ../nbs/04b_inference_log.ipynb #aa30c36d
 def read_inference_log(url:str, last:int=5000) -> pl.DataFrame:

@@ -24,7 +24,8 @@ import polars.selectors as cs
 from fastcore.script import Param, call_parse
 
 from .config import Settings, DataSettings, SourceSettings
-from .runs import read_json, retry, stage_folder, stage_run, write_atomic, write_json
+from .runs import retry, stage_folder, stage_run
+from .records import read_json, write_atomic, write_json
 from .contract import (ContractError, check_broken_share, enforce_contract, load_or_create_contract, schema_of,
                                sql_columns, type_family)
 

@@ -23,7 +23,8 @@ from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
 from .config import Settings, example_settings_file, load_settings
-from .runs import log_to_console, read_json, save_settings, write_json
+from .runs import log_to_console, save_settings
+from .records import RunLedger, read_json, write_json
 from .pipeline import RunLocked, StageFailed, Unreachable, run_pipeline
 
 # %% auto #0
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 # %% ../nbs/10_loop.ipynb #242d2f8c
 def latest_run_start(settings:Settings) -> datetime|None:
     "When the newest pipeline run started, from the run ledgers."
-    starts = [datetime.fromisoformat(read_json(p)["started"]) for p in Path(settings.runs_dir).glob("*/run.json")]
+    starts = [datetime.fromisoformat(read_json(p, RunLedger).started) for p in Path(settings.runs_dir).glob("*/run.json")]
     return max(starts, default=None)
 
 def retrain_reasons(report:dict, last_start:datetime|None, now:datetime, cooldown_hours:float) -> list[str]:
@@ -57,7 +58,7 @@ def retrain(settings:Settings, reasons:list[str]) -> dict:
     except (StageFailed, Unreachable) as e:  # the champion and the registry stay as they were
         log.error("retraining failed: %s", e)
         return {"status": "failed", "error": str(e)}
-    return {k: ledger.get(k) for k in ("run_id", "status", "registered_version", "promoted", "champion")}
+    return {k: getattr(ledger, k) for k in ("run_id", "status", "registered_version", "promoted", "champion")}
 
 # %% ../nbs/10_loop.ipynb #8a4bbf86
 JOBS = ("monitor", "retrain")
@@ -223,7 +224,7 @@ def replay(settings:Settings, home:Path, months:list[int]) -> dict:
     try:
         for month in months:
             rows = _month_rows(everything, month)
-            inputs = rows.select(list(load_bundle(settings, alias="champion").spec["inputs"]))
+            inputs = rows.select(list(load_bundle(settings, alias="champion").spec.inputs))
             ids, versions = server.predict(inputs)
             server.feedback(ids, rows[settings.data.target].to_list())
             pl.concat([pl.read_parquet(source.uri), _month_rows(flights, month)]).write_parquet(source.uri)  # the month's rows reach the warehouse

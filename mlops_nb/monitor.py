@@ -16,7 +16,8 @@ from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
 from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings
-from .runs import log_to_console, read_json, retry, write_json
+from .runs import log_to_console, retry
+from .records import read_json, write_json
 from .prepare import boundary, split_rows, transform_plan, usable_rows
 from .contract import schema_of
 from .drift import compare, drift_reference
@@ -38,8 +39,8 @@ def features_as_sent(df:pl.DataFrame, spec:dict) -> pl.DataFrame:
     inputs, derived, _ = transform_plan(spec, schema_of(df))
     if inputs: df = df.with_columns(inputs)
     if derived: df = df.with_columns(derived)
-    return df.select([pl.col(c).cast(pl.Float64).fill_nan(None) for c in spec["numeric"]] +
-                     [pl.col(c).cast(pl.String) for c in spec["categorical"]])
+    return df.select([pl.col(c).cast(pl.Float64).fill_nan(None) for c in spec.numeric] +
+                     [pl.col(c).cast(pl.String) for c in spec.categorical])
 
 # %% ../nbs/07_monitor.ipynb #2cb0da2f
 def assign_windows(logged:pl.DataFrame, monitor:MonitorSettings) -> pl.DataFrame:
@@ -91,7 +92,7 @@ def window_table(logged:pl.DataFrame, feedback:pl.DataFrame, bundle:ModelBundle,
                  monitor:MonitorSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
     "Per window: rows, labelled share, measured and estimated performance, drifted features, prediction drift; and the drift of each feature per window."
     spec = bundle.spec
-    features = drift_reference(features_as_sent(reference, spec), list(spec["numeric"]), list(spec["categorical"]))
+    features = drift_reference(features_as_sent(reference, spec), list(spec.numeric), list(spec.categorical))
     prediction = drift_reference(pl.DataFrame({"probability": bundle.predict_proba(reference)}), ["probability"], [])
     logged = assign_windows(logged, monitor).join(feedback.select("request_id", "row", "true_label"), on=["request_id", "row"], how="left")
     names = sorted(logged["window"].drop_nulls().unique().to_list())[-monitor.windows:]

@@ -28,11 +28,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import PipelineSettings, Settings, load_settings
 from .runner import execute_bounded, notebooks_dir
-from .runs import git_commit, log_to_console, read_json, retry, save_settings, sha256_file, use_tracking, write_json
+from .runs import git_commit, log_to_console, retry, save_settings, sha256_file, use_tracking
+from .records import EvaluationResult, RetryRecord, RunLedger, SnapshotResult, StageRecord, StageResult, read_json, write_json
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable',
-           'is_transient', 'with_retries', 'package_versions', 'run_pipeline', 'stage_outputs', 'train_and_register',
+           'is_transient', 'with_retries', 'package_versions', 'stage_outputs', 'run_pipeline', 'train_and_register',
            'mlops_run', 'run_summaries', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
@@ -161,27 +162,26 @@ def package_versions(names:list[str]=PACKAGES) -> dict:
     "Installed versions of `names`."
     return {n: importlib.metadata.version(n) for n in names}
 
-# %% ../nbs/08_pipeline.ipynb #ef648784
-def _finish(ledger:dict, run_dir:Path, status:str) -> dict:
-    ledger.update(status=status, finished=datetime.now(timezone.utc).isoformat(),
-                  seconds=round(sum(s["seconds"] for s in ledger["stages"]), 1))
+# %% ../nbs/08_pipeline.ipynb #9f9c6d2e
+def _new_ledger(settings:Settings, run_id:str, run_dir:Path, previous:RunLedger|None, retries:list[RetryRecord]) -> RunLedger:
+    now = datetime.now(timezone.utc).isoformat()
+    return RunLedger(run_id=run_id, run_dir=str(run_dir), started=previous.started if previous else now,
+                     resumed=now if previous else None, mlflow_run_id=previous.mlflow_run_id if previous else None,
+                     settings=msgspec.to_builtins(settings), git_commit=git_commit(notebooks_dir(settings)),
+                     packages=package_versions(), retries=retries, pid=os.getpid(), host=socket.gethostname())
+
+def _finish(ledger:RunLedger, run_dir:Path, status:str) -> RunLedger:
+    ledger.status, ledger.finished = status, datetime.now(timezone.utc).isoformat()
+    ledger.seconds = round(sum(s.seconds for s in ledger.stages), 1)
     write_json(Path(run_dir)/"run.json", ledger)
     return ledger
 
-def run_pipeline(settings:Settings, run_id:str|None=None, resume:bool=False) -> dict:
-    "Execute every stage notebook as one run, holding the run lock; its ledger. Raises `RunLocked` at once, `StageFailed` or `Unreachable`."
-    run_id, retries = run_id or new_run_id(), []
-    with ExitStack() as held:
-        with_retries(lambda: held.enter_context(run_lock(settings, run_id)), "run lock", settings.pipeline, retries)
-        previous = _previous_ledger(settings, run_id) if resume else None
-        if previous: settings = load_settings(Path(previous["run_dir"])/"settings.json")  # the run goes on as it started
-        return _run_stages(settings, run_id, previous, retries)
-
-def _previous_ledger(settings:Settings, run_id:str) -> dict:
+# %% ../nbs/08_pipeline.ipynb #21a179b9
+def _previous_ledger(settings:Settings, run_id:str) -> RunLedger:
     path = Path(settings.runs_dir)/run_id/"run.json"
     if not path.exists(): raise FileNotFoundError(f"no run {run_id} to resume: {path} does not exist")
-    ledger = read_json(path)
-    if ledger.get("status") == "ok": raise ValueError(f"run {run_id} finished already; nothing to resume")
+    ledger = read_json(path, RunLedger)
+    if ledger.status == "ok": raise ValueError(f"run {run_id} finished already; nothing to resume")
     return ledger
 
 def stage_outputs(run_dir:Path, stage:str) -> dict[str, str]:
@@ -189,87 +189,89 @@ def stage_outputs(run_dir:Path, stage:str) -> dict[str, str]:
     folder = Path(run_dir)/STAGES[stage].split("/")[0]
     return {str(p.relative_to(run_dir)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
-def _done(previous:dict|None, stage:str, run_dir:Path) -> dict|None:
+def _done(previous:RunLedger|None, stage:str, run_dir:Path) -> StageRecord|None:
     "The earlier attempt's record of `stage` if it completed and its outputs are still exactly as recorded."
-    entry = next((s for s in (previous or {}).get("stages", []) if s["name"] == stage), None)
-    if entry and entry["status"] == "ok" and entry.get("outputs") and stage_outputs(run_dir, stage) == entry["outputs"]: return entry
+    entry = next((s for s in (previous.stages if previous else []) if s.name == stage), None)
+    if entry and entry.status == "ok" and entry.outputs and stage_outputs(run_dir, stage) == entry.outputs: return entry
     return None
 
+# %% ../nbs/08_pipeline.ipynb #74e1b382
 def _progress_on(mode:str) -> bool: return mode == "on" or (mode == "auto" and sys.stderr.isatty())
 
-def _new_ledger(settings:Settings, run_id:str, run_dir:Path, previous:dict|None, retries:list) -> dict:
-    ledger = {"run_id": run_id, "run_dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(),
-              "settings": msgspec.to_builtins(settings), "git_commit": git_commit(notebooks_dir(settings)),
-              "packages": package_versions(), "stages": [], "retries": retries, "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
-    if previous: ledger.update(started=previous["started"], resumed=datetime.now(timezone.utc).isoformat(), mlflow_run_id=previous.get("mlflow_run_id"))
-    return ledger
-
-def _start_parent_run(settings:Settings, ledger:dict):
+def _start_parent_run(settings:Settings, ledger:RunLedger):
     "The pipeline's MLflow run: the earlier attempt's when resuming, else a new one with the settings and main parameters."
     import mlflow
     use_tracking(settings)
-    if ledger.get("mlflow_run_id"): return mlflow.start_run(run_id=ledger["mlflow_run_id"])
-    parent = mlflow.start_run(run_name=f"pipeline {ledger['run_id']}", tags={"mlops_nb.run_id": ledger["run_id"], "git_commit": ledger["git_commit"]})
-    mlflow.log_dict(ledger["settings"], "settings.json")
-    mlflow.log_params({"run_id": ledger["run_id"], "n_trials": settings.tune.n_trials, "sample_every": settings.data.sample_every})
+    if ledger.mlflow_run_id: return mlflow.start_run(run_id=ledger.mlflow_run_id)
+    parent = mlflow.start_run(run_name=f"pipeline {ledger.run_id}", tags={"mlops_nb.run_id": ledger.run_id, "git_commit": ledger.git_commit})
+    mlflow.log_dict(ledger.settings, "settings.json")
+    mlflow.log_params({"run_id": ledger.run_id, "n_trials": settings.tune.n_trials, "sample_every": settings.data.sample_every})
     return parent
 
-def _run_stages(settings:Settings, run_id:str, previous:dict|None=None, retries:list|None=None) -> dict:
+def _run_stages(settings:Settings, run_id:str, previous:RunLedger|None=None, retries:list[RetryRecord]|None=None) -> RunLedger:
     import mlflow
     p, run_dir = settings.pipeline, Path(settings.runs_dir)/run_id
     save_settings(settings, run_dir/"settings.json")
     ledger = _new_ledger(settings, run_id, run_dir, previous, retries or [])
-    def track(call): return with_retries(call, "tracking store", p, ledger["retries"])
+    def track(call): return with_retries(call, "tracking store", p, ledger.retries)
     show = _progress_on(p.progress)
     parent = track(lambda: _start_parent_run(settings, ledger))
     with parent, tqdm(total=len(STAGES), desc=f"run {run_id}", unit="stage", disable=not show) as bar:
-        ledger["mlflow_run_id"] = parent.info.run_id
+        ledger.mlflow_run_id = parent.info.run_id
         for i, (stage, output) in enumerate(STAGES.items(), 1):
             bar.set_postfix_str(stage)
             done = _done(previous, stage, run_dir)
             if done:
-                ledger["stages"].append({**done, "resumed": "skipped: completed by the earlier attempt"})
+                ledger.stages.append(msgspec.structs.replace(done, resumed="skipped: completed by the earlier attempt"))
                 log.info("[%d/%d] %s skipped: completed by the earlier attempt", i, len(STAGES), stage)
                 bar.update()
                 continue
             previous = None  # every later stage runs again: its inputs may differ from the earlier attempt's
             shutil.rmtree(run_dir/STAGES[stage].split("/")[0], ignore_errors=True)  # an earlier attempt's outputs
             write_json(run_dir/"run.json", ledger)
-            start, retried_before = time.perf_counter(), len(ledger["retries"])
-            try: executed = with_retries(lambda: execute_stage(stage, run_dir, settings, parent.info.run_id, show), f"stage {stage}", p, ledger["retries"])
+            start, retried_before = time.perf_counter(), len(ledger.retries)
+            try: executed = with_retries(lambda: execute_stage(stage, run_dir, settings, parent.info.run_id, show), f"stage {stage}", p, ledger.retries)
             except StageFailed as e:
                 _record_failure(ledger, run_dir, stage, e, time.perf_counter() - start, track)
-                log.error("[%d/%d] %s failed after %.1fs", i, len(STAGES), stage, ledger["stages"][-1]["seconds"])
+                log.error("[%d/%d] %s failed after %.1fs", i, len(STAGES), stage, ledger.stages[-1].seconds)
                 raise
             seconds = round(time.perf_counter() - start, 1)
-            result = read_json(run_dir/output)
-            summary = result.get("summary", "")
-            ledger["stages"].append({"name": stage, "status": "ok", "seconds": seconds, "attempts": 1 + len(ledger["retries"]) - retried_before,
-                                     "summary": summary, "outputs": stage_outputs(run_dir, stage),
-                                     **{k: result[k] for k in ("rows_in_out", "roles") if k in result}})
+            result = read_json(run_dir/output, StageResult)
+            summary = result.summary
+            ledger.stages.append(StageRecord(name=stage, status="ok", seconds=seconds, attempts=1 + len(ledger.retries) - retried_before,
+                                             summary=summary, outputs=stage_outputs(run_dir, stage), rows_in_out=result.rows_in_out, roles=result.roles))
             write_json(run_dir/"run.json", ledger)  # the stage's completion, recorded once its outputs are all written
             track(lambda: (mlflow.log_artifact(str(executed), "notebooks"), mlflow.log_metric(f"seconds_{stage}", seconds)))
             log.info("[%d/%d] %s ok in %.1fs: %s", i, len(STAGES), stage, seconds, summary)
             bar.update()
-        ledger["data_digest"] = read_json(run_dir/STAGES["01_ingest"])["digest"]
-        evaluation = read_json(run_dir/STAGES["05_evaluate"])
-        ledger.update(registered_version=evaluation["version"], promoted=evaluation["decision"]["promoted"],
-                      champion=evaluation["decision"]["champion_after"])
+        ledger.data_digest = read_json(run_dir/STAGES["01_ingest"], SnapshotResult).digest
+        evaluation = read_json(run_dir/STAGES["05_evaluate"], EvaluationResult)
+        ledger.registered_version, ledger.promoted, ledger.champion = evaluation.version, evaluation.decision.promoted, evaluation.decision.champion_after
         _finish(ledger, run_dir, "ok")
         track(lambda: mlflow.log_artifact(str(run_dir/"run.json")))
     return ledger
 
-def _record_failure(ledger:dict, run_dir:Path, stage:str, error:StageFailed, seconds:float, track) -> None:
+def _record_failure(ledger:RunLedger, run_dir:Path, stage:str, error:StageFailed, seconds:float, track) -> None:
     "Close the ledger on a failed stage and log it with the failed notebook, if the tracking store lets us."
     import mlflow
-    ledger["stages"].append({"name": stage, "status": "failed", "seconds": round(seconds, 1), "error": str(error)})
+    ledger.stages.append(StageRecord(name=stage, status="failed", seconds=round(seconds, 1), error=str(error)))
     _finish(ledger, run_dir, "failed")
     failed_nb = run_dir/f"{stage}.ipynb"
     try: track(lambda: ([mlflow.log_artifact(str(failed_nb), "notebooks")] if failed_nb.exists() else [], mlflow.log_artifact(str(run_dir/"run.json"))))
     except Unreachable as e: log.warning("the failed stage is in %s but not in MLflow: %s", run_dir, e)
 
+# %% ../nbs/08_pipeline.ipynb #94a3a8c5
+def run_pipeline(settings:Settings, run_id:str|None=None, resume:bool=False) -> RunLedger:
+    "Execute every stage notebook as one run, holding the run lock; its ledger. Raises `RunLocked` at once, `StageFailed` or `Unreachable`."
+    run_id, retries = run_id or new_run_id(), []
+    with ExitStack() as held:
+        with_retries(lambda: held.enter_context(run_lock(settings, run_id)), "run lock", settings.pipeline, retries)
+        previous = _previous_ledger(settings, run_id) if resume else None
+        if previous: settings = load_settings(Path(previous.run_dir)/"settings.json")  # the run goes on as it started
+        return _run_stages(settings, run_id, previous, retries)
+
 # %% ../nbs/08_pipeline.ipynb #8ef59b39
-def train_and_register(settings:Settings, run_dir:Path) -> dict:
+def train_and_register(settings:Settings, run_dir:Path) -> EvaluationResult:
     "Stages 01 to 05 called in this process, leaving their outputs in `run_dir`; the evaluation's result."
     from mlops_nb.ingest import ingest_stage
     from mlops_nb.clean import clean_stage
@@ -294,22 +296,22 @@ def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or 
     except (StageFailed, Unreachable) as e:
         log.error("run failed: %s", e)
         raise SystemExit(1)
-    champion = f"champion is v{ledger['champion']}" if ledger["champion"] else "no champion"
-    print(f"run {ledger['run_id']} ok in {ledger['seconds']}s: registered v{ledger['registered_version']}, "
-          f"{'promoted' if ledger['promoted'] else 'not promoted'}; {champion}; folder {ledger['run_dir']}")
+    champion = f"champion is v{ledger.champion}" if ledger.champion else "no champion"
+    print(f"run {ledger.run_id} ok in {ledger.seconds}s: registered v{ledger.registered_version}, "
+          f"{'promoted' if ledger.promoted else 'not promoted'}; {champion}; folder {ledger.run_dir}")
 
 # %% ../nbs/08_pipeline.ipynb #23029b20
-def _status(ledger:dict) -> str:
-    if ledger.get("status") != "running": return ledger.get("status", "?")
-    alive = ledger.get("host") == socket.gethostname() and Path(f"/proc/{ledger.get('pid')}").exists()
+def _status(ledger:RunLedger) -> str:
+    if ledger.status != "running": return ledger.status
+    alive = ledger.host == socket.gethostname() and Path(f"/proc/{ledger.pid}").exists()
     return "running" if alive else "interrupted"
 
 def run_summaries(settings:Settings, last:int=20) -> list[dict]:
     "The latest `last` runs, newest first: id, start, duration, status, failed stage, promoted version."
-    ledgers = [read_json(p) for p in sorted(Path(settings.runs_dir).glob("*/run.json"))][-last:][::-1]
-    return [{"run_id": l["run_id"], "started": l["started"][:19], "seconds": l.get("seconds", ""), "status": _status(l),
-             "failed_stage": next((s["name"] for s in l["stages"] if s["status"] == "failed"), ""),
-             "promoted": l.get("registered_version", "") if l.get("promoted") else ""} for l in ledgers]
+    ledgers = [read_json(p, RunLedger) for p in sorted(Path(settings.runs_dir).glob("*/run.json"))][-last:][::-1]
+    return [{"run_id": l.run_id, "started": l.started[:19], "seconds": "" if l.seconds is None else l.seconds, "status": _status(l),
+             "failed_stage": next((s.name for s in l.stages if s.status == "failed"), ""),
+             "promoted": l.registered_version or "" if l.promoted else ""} for l in ledgers]
 
 @call_parse
 def mlops_runs(run_id:str=None, # show this run's stages; default: list the recent runs
@@ -326,8 +328,8 @@ def mlops_runs(run_id:str=None, # show this run's stages; default: list the rece
         return
     path = Path(settings.runs_dir)/run_id/"run.json"
     if not path.exists(): raise SystemExit(f"no run {run_id} in {settings.runs_dir}")
-    ledger = read_json(path)
-    print(f"run {run_id}: {_status(ledger)}; started {ledger['started']}; git {ledger.get('git_commit', '')[:12]}; "
-          f"data {ledger.get('data_digest', '')[:12]}; MLflow run {ledger.get('mlflow_run_id', '')}")
-    for s in ledger["stages"]:
-        print(f"  {s['name']:12s} {s['status']:7s} {s['seconds']:>7}s  {s.get('resumed') or s.get('summary') or s.get('error', '')}")
+    ledger = read_json(path, RunLedger)
+    print(f"run {run_id}: {_status(ledger)}; started {ledger.started}; git {(ledger.git_commit or '')[:12]}; "
+          f"data {(ledger.data_digest or '')[:12]}; MLflow run {(ledger.mlflow_run_id or '')}")
+    for s in ledger.stages:
+        print(f"  {s.name:12s} {s.status:7s} {s.seconds:>7}s  {s.resumed or s.summary or s.error}")

@@ -16,6 +16,7 @@ import polars as pl
 
 from .config import Settings, DataSettings, FeatureSettings, SplitSettings
 from .contract import free_name, schema_of, sql_columns, sql_identifier, type_family
+from .records import Levels, NumberPolicy, TransformSpec
 
 # %% auto #0
 __all__ = ['drop_ignored', 'usable_rows', 'choose_features', 'is_date', 'date_parts', 'expand_dates', 'fit_transform',
@@ -37,7 +38,7 @@ def usable_rows(df:pl.DataFrame, data:DataSettings) -> tuple[pl.DataFrame, dict]
     removed = {"unlabelled": df.height - labelled.height, "untimed": labelled.height - timed.height, "duplicates": timed.height - unique.height}
     return drop_ignored(unique, data.ignore_columns), removed
 
-# %% ../nbs/00d_prepare.ipynb #fa608223
+# %% ../nbs/00d_prepare.ipynb #a91c617c
 _CASTS = {"int": pl.Int64, "float": pl.Float64, "string": pl.String, "bool": pl.Boolean}
 
 def choose_features(df:pl.DataFrame, data:DataSettings, features:FeatureSettings) -> tuple[list[str], list[str]]:
@@ -68,11 +69,12 @@ def expand_dates(schema:pl.Schema, numeric:list[str], derived:dict[str, str]) ->
     for c in dates: parts |= date_parts(c, schema[c], {*taken, *parts})
     return [c for c in numeric if c not in dates], parts | dict(derived)
 
+# %% ../nbs/00d_prepare.ipynb #3f919b18
 def fit_transform(train:pl.DataFrame, # training rows only
                   numeric:list[str], categorical:list[str], # raw feature columns
                   features:FeatureSettings=FeatureSettings(derived={}), # derived expressions and policies
-                  target:str="late") -> dict:
-    "Learn the feature transformation from `train`; a JSON-ready dict."
+                  target:str="late") -> TransformSpec:
+    "Learn the feature transformation from `train`."
     _require_inputs(train.schema, [*numeric, *categorical])
     numeric, derived = expand_dates(train.schema, numeric, features.derived)
     inputs = sorted(set(numeric) | set(categorical) | {c for e in derived.values() for c in sql_columns(e)})
@@ -81,24 +83,24 @@ def fit_transform(train:pl.DataFrame, # training rows only
     derived_categorical = [n for n in derived if type_family(df[n].dtype) == "string"]
     numbers = list(numeric) + [n for n in derived if n not in derived_categorical]
     categories = list(categorical) + derived_categorical
-    def number_spec(c):
+    def number_policy(c):
         x = df[c].cast(pl.Float64)
         median = x.median()
-        spec = {"missing": features.missing.get(c, "median"), "fill": 0.0 if median is None or features.missing.get(c) == "zero" else float(median)}
+        policy = NumberPolicy(missing=features.missing.get(c, "median"), fill=0.0 if median is None or features.missing.get(c) == "zero" else float(median))
         q = features.clip_quantile
         if q > 0 and features.outliers.get(c, "clip") == "clip" and x.drop_nulls().len():
-            spec.update(low=float(x.quantile(q, "lower")), high=float(x.quantile(1 - q, "higher")))
-        return spec
+            policy.low, policy.high = float(x.quantile(q, "lower")), float(x.quantile(1 - q, "higher"))
+        return policy
     zones = {c: train.schema[c].time_zone for c in inputs if train.schema[c] == pl.Datetime and train.schema[c].time_zone}
-    return {"version": 2, "target": target, "features": numbers + categories,
-            "inputs": {c: type_family(train.schema[c]) for c in inputs}, "time_zones": zones, "derived": derived,
-            "numeric": {c: number_spec(c) for c in numbers},
-            "categorical": {c: {"categories": sorted(df[c].drop_nulls().cast(pl.String).unique().to_list())} for c in categories}}
+    return TransformSpec(target=target, features=numbers + categories, inputs={c: type_family(train.schema[c]) for c in inputs},
+                         time_zones=zones, derived=derived, numeric={c: number_policy(c) for c in numbers},
+                         categorical={c: Levels(sorted(df[c].drop_nulls().cast(pl.String).unique().to_list())) for c in categories})
 
 def _require_inputs(schema:pl.Schema, inputs) -> None:
     missing = [c for c in inputs if c not in schema]
     if missing: raise ValueError(f"columns missing for the feature transformation: {missing}")
 
+# %% ../nbs/00d_prepare.ipynb #93469be4
 @functools.lru_cache(maxsize=256)
 def sql_expression(text:str) -> pl.Expr:
     "The polars expression for a SQL expression, parsed once (a server applies the same ones to every request)."
@@ -111,12 +113,13 @@ def derive(df:pl.DataFrame, derived:dict[str, str]) -> pl.DataFrame:
     "`df` with the derived columns added."
     return df.with_columns(sql_expression(e).alias(n) for n, e in derived.items()) if derived else df
 
-def _as_input(c:str, family:str, schema:pl.Schema, spec:dict) -> pl.Expr:
+# %% ../nbs/00d_prepare.ipynb #8554140f
+def _as_input(c:str, family:str, schema:pl.Schema, spec:TransformSpec) -> pl.Expr:
     "Column `c` in the type it had in training; dates and times sent as ISO 8601 text are parsed (times as UTC unless they say otherwise)."
     if family in _CASTS: return None if schema[c] == _CASTS[family] else pl.col(c).cast(_CASTS[family])
     if family == "date" and schema[c] == pl.String: return pl.col(c).str.to_date("%Y-%m-%d")
     if family == "datetime" and schema[c] == pl.String:
-        zone = spec.get("time_zones", {}).get(c)
+        zone = spec.time_zones.get(c)
         parsed = pl.col(c).str.to_datetime(time_zone="UTC")
         return (parsed.dt.convert_time_zone(zone) if zone else parsed.dt.replace_time_zone(None)).alias(c)
     return None
@@ -127,19 +130,19 @@ def category_codes(column:str, categories:list[str]) -> pl.Expr:
     return (pl.col(column).cast(pl.String).cast(_enum(tuple(categories)), strict=False).to_physical()
               .cast(pl.Float64).fill_null(float("nan")).alias(column))
 
-def _number(c:str, p:dict) -> pl.Expr:
+def _number(c:str, p:NumberPolicy) -> pl.Expr:
     x = pl.col(c).cast(pl.Float64).fill_nan(None)
-    if "low" in p: x = x.clip(p["low"], p["high"])
-    return (x if p["missing"] == "keep" else x.fill_null(p["fill"])).alias(c)
+    if p.low is not None: x = x.clip(p.low, p.high)
+    return (x if p.missing == "keep" else x.fill_null(p.fill)).alias(c)
 
-def transform_plan(spec:dict, schema:pl.Schema, number=_number) -> list[list[pl.Expr]]:
+def transform_plan(spec:TransformSpec, schema:pl.Schema, number=_number) -> list[list[pl.Expr]]:
     "The transformation as polars expressions for inputs of `schema`, in three steps: typed inputs, derived columns, features."
-    _require_inputs(schema, spec["inputs"])
-    values = {c: number(c, p) for c, p in spec["numeric"].items()} | {c: category_codes(c, p["categories"]) for c, p in spec["categorical"].items()}
-    typed = [_as_input(c, t, schema, spec) for c, t in spec["inputs"].items()]
+    _require_inputs(schema, spec.inputs)
+    values = {c: number(c, p) for c, p in spec.numeric.items()} | {c: category_codes(c, p.categories) for c, p in spec.categorical.items()}
+    typed = [_as_input(c, t, schema, spec) for c, t in spec.inputs.items()]
     return [[e for e in typed if e is not None],  # inputs already of their type need no cast
-            [sql_expression(e).alias(n) for n, e in spec["derived"].items()],
-            [values[f] for f in spec["features"]]]
+            [sql_expression(e).alias(n) for n, e in spec.derived.items()],
+            [values[f] for f in spec.features]]
 
 def run_plan(df:pl.DataFrame|pl.LazyFrame, plan:list[list[pl.Expr]]) -> pl.DataFrame|pl.LazyFrame:
     "`df` through the steps of `plan`: the feature columns, in the model's order."
@@ -148,12 +151,12 @@ def run_plan(df:pl.DataFrame|pl.LazyFrame, plan:list[list[pl.Expr]]) -> pl.DataF
     if derived: df = df.with_columns(derived)
     return df.select(values)
 
-def apply_transform(df:pl.DataFrame|pl.LazyFrame, spec:dict) -> pl.DataFrame|pl.LazyFrame:
+def apply_transform(df:pl.DataFrame|pl.LazyFrame, spec:TransformSpec) -> pl.DataFrame|pl.LazyFrame:
     "The model's input: one float column per feature, in `spec`'s order (lazy in, lazy out)."
     return run_plan(df, transform_plan(spec, schema_of(df)))
 
 # %% ../nbs/00d_prepare.ipynb #88959ee0
-def _float(c:str, p:dict) -> pl.Expr: return pl.col(c).cast(pl.Float64).alias(c)
+def _float(c:str, p:NumberPolicy) -> pl.Expr: return pl.col(c).cast(pl.Float64).alias(c)
 
 @dataclass
 class MatrixPlan:
@@ -165,11 +168,11 @@ class MatrixPlan:
     filled: np.ndarray
 
     @classmethod
-    def compile(cls, spec:dict, schema:pl.Schema) -> "MatrixPlan":
-        numeric = [spec["numeric"].get(f, {"missing": "keep"}) for f in spec["features"]]
+    def compile(cls, spec:TransformSpec, schema:pl.Schema) -> "MatrixPlan":
+        numeric = [spec.numeric.get(f, NumberPolicy(missing="keep")) for f in spec.features]
         return cls(transform_plan(spec, schema, number=_float),
-                   np.array([p.get("low", -np.inf) for p in numeric]), np.array([p.get("high", np.inf) for p in numeric]),
-                   np.array([p.get("fill", 0.0) for p in numeric]), np.array([p["missing"] != "keep" for p in numeric]))
+                   np.array([-np.inf if p.low is None else p.low for p in numeric]), np.array([np.inf if p.high is None else p.high for p in numeric]),
+                   np.array([p.fill for p in numeric]), np.array([p.missing != "keep" for p in numeric]))
 
     def __call__(self, df:pl.DataFrame) -> np.ndarray:
         "The feature matrix for `df`: float64, NaN where a value stays missing."

@@ -16,7 +16,8 @@ import xgboost as xgb
 from fastcore.script import Param, call_parse
 
 from .config import Settings, load_settings
-from .runs import git_commit, read_json, sha256_file, use_tracking, write_json
+from .runs import git_commit, sha256_file, use_tracking
+from .records import DataContract, TransformSpec, read_json, write_json
 from .prepare import MatrixPlan, apply_transform
 
 # %% auto #0
@@ -28,13 +29,13 @@ __all__ = ['TRANSFORM_FILE', 'CONTRACT_FILE', 'ModelBundle', 'ModelIntegrityErro
 class ModelBundle:
     "A booster with the transformation, threshold and registry facts it was trained with."
     booster: xgb.Booster
-    spec: dict  # the feature transformation
+    spec: TransformSpec  # the feature transformation
     threshold: float = 0.5  # probability at or above which a flight is predicted late
     name: str = ""
     version: str = ""
     data_digest: str = ""
     train_until: str = ""  # first time value after the training rows ('' for a random split)
-    contract: dict|None = None  # the data contract the training data kept; the server holds requests to it
+    contract: DataContract|None = None  # the data contract the training data kept; the server holds requests to it
     git_commit: str = ""  # the code it was trained with
     run_id: str = ""  # the MLflow run that registered it
     split: dict|None = None  # the split it was trained with, resolved (SplitSettings' fields)
@@ -109,9 +110,9 @@ def load_bundle(settings:Settings, alias:str="", version:str="") -> ModelBundle:
             raise ModelIntegrityError(f"{settings.model_name} v{mv.version}: model file SHA-256 {found[:12]} does not match "
                                       f"the {expected[:12] if expected else 'missing'} recorded at registration: refusing to load it")
         booster = xgb.Booster(model_file=str(model_file))
-        spec = read_json(local/"extra_files"/TRANSFORM_FILE)
+        spec = read_json(local/"extra_files"/TRANSFORM_FILE, TransformSpec)
         contract_path = local/"extra_files"/CONTRACT_FILE
-        contract = read_json(contract_path) if contract_path.exists() else None
+        contract = read_json(contract_path, DataContract) if contract_path.exists() else None
     finally: shutil.rmtree(local, ignore_errors=True)
     meta = model.metadata or {}
     return ModelBundle(booster, spec, float(meta["threshold"]), settings.model_name, str(mv.version),

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -19,31 +17,15 @@ from pathlib import Path
 import msgspec
 
 from .config import Settings
+from .records import RetryRecord, write_json
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'write_atomic', 'write_json', 'read_json', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file',
-           'log_to_console', 'stage_run_dir', 'retry', 'use_tracking', 'stage_run']
+__all__ = ['log', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file', 'log_to_console', 'stage_run_dir', 'retry',
+           'use_tracking', 'stage_run']
 
 # %% ../nbs/00_runs.ipynb #29b36855
-def write_atomic(path:str|Path, data:bytes|str) -> Path:
-    "Write `data` to `path` through a temporary file in the same folder and a rename."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f: f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-    return path
-
-def write_json(path:str|Path, obj) -> Path:
-    "Write `obj` as indented JSON, atomically."
-    return write_atomic(path, msgspec.json.format(msgspec.json.encode(obj), indent=2))
-
-def read_json(path:str|Path):
-    "The JSON document in `path`."
-    return json.loads(Path(path).read_text())
-
 def save_settings(settings:Settings, path:str|Path) -> Path:
     "Write `settings` as JSON that `load_settings` reads back."
     return write_json(path, msgspec.to_builtins(settings))
@@ -104,20 +86,25 @@ def retry(attempt, # called without arguments
         except Exception as e:
             if n >= attempts or not transient(e): raise
             pause = wait*2**(n - 1)
-            if record is not None: record.append({"what": what, "attempt": n, "error": describe(e), "wait": pause})
+            if record is not None: record.append(RetryRecord(what=what, attempt=n, error=describe(e), wait=pause))
             log.warning("%s: transient failure (attempt %d of %d), trying again in %g s: %s", what, n, attempts, pause, describe(e))
             time.sleep(pause)
 
 # %% ../nbs/00_runs.ipynb #d5633d9e
+_tracking = {}  # the store and experiment MLflow points at in this process, and the experiment's id
+
 def use_tracking(settings:Settings) -> str:
-    "Point MLflow at the settings' tracking store and experiment; return the experiment id."
+    "Point MLflow at the settings' tracking store and experiment, once per process; return the experiment id."
     import mlflow
+    target = (settings.mlflow_uri, settings.experiment, settings.artifacts_uri)
+    if _tracking.get("target") == target and mlflow.get_tracking_uri() == settings.mlflow_uri: return _tracking["experiment_id"]
     if settings.tracking_uri == "": _mkdir(settings.state)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
     exp = mlflow.get_experiment_by_name(settings.experiment)
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(settings.experiment, artifact_location=settings.artifacts_uri or None)
     mlflow.set_experiment(experiment_id=exp_id)
+    _tracking.update(target=target, experiment_id=exp_id)
     return exp_id
 
 @contextmanager

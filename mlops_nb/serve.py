@@ -27,6 +27,7 @@ import msgspec
 import numpy as np
 import polars as pl
 import xgboost as xgb
+from fastcore.basics import patch
 from fastcore.script import call_parse
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
@@ -43,6 +44,7 @@ from .prepare import MatrixPlan, apply_transform
 from .contract import find_broken_rows
 from .registry import ModelBundle, champion_version, load_bundle
 from .inference_log import InferenceLog
+from .records import ColumnRule, DataContract, TransformSpec
 
 # %% auto #0
 __all__ = ['log', 'LATENCY_BUCKETS', 'field_type', 'attribute_names', 'request_type', 'RequestError', 'iso_times', 'example_row',
@@ -55,26 +57,26 @@ log = logging.getLogger(__name__)
 # %% ../nbs/06_serve.ipynb #6b39d7fb
 _JSON_TYPES = {"int": int, "float": float, "string": str, "bool": bool}
 
-def field_type(family:str, rules:dict|None, strict:bool=True) -> Any:
+def field_type(family:str, rules:ColumnRule|None, strict:bool=True) -> Any:
     "The JSON type of one input column; with `strict`, narrowed by the contract's `rules` for it."
     base = _JSON_TYPES.get(family, str)
     if not strict or not rules: return base | None
-    if base in (int, float) and "min" in rules:
-        low, high = (int(rules["min"]), int(rules["max"])) if base is int else (rules["min"], rules["max"])
+    if base in (int, float) and (rules.min is not None or rules.max is not None):
+        low, high = (None if b is None else int(b) if base is int else b for b in (rules.min, rules.max))
         base = Annotated[base, msgspec.Meta(ge=low, le=high)]
-    if base is str and rules.get("unknown") == "reject": base = Literal[tuple(rules["categories"])]
-    return base | None if rules.get("nullable", True) else base
+    if base is str and rules.unknown == "reject": base = Literal[tuple(rules.categories)]
+    return base | None if rules.nullable else base
 
 def attribute_names(columns) -> dict[str, str]:
     "Each column's attribute name on a request's structs: the column's own name when it is a Python identifier ('mean radius' is not)."
     return {c: c if c.isidentifier() and not keyword.iskeyword(c) and not c.startswith("_") else f"column_{i}" for i, c in enumerate(columns)}
 
-def request_type(spec:dict, contract:dict|None, max_rows:int, strict:bool=True,
+def request_type(spec:TransformSpec, contract:DataContract|None, max_rows:int, strict:bool=True,
                  context:dict[str, str]|None=None, # optional columns sent beside the inputs (the data's time, ids): their type families
                 ) -> type:
     "A msgspec Struct for prediction requests against the transformation `spec` and its data contract."
-    columns = (contract or {}).get("columns", {})
-    types = {c: field_type(t, columns.get(c), strict) for c, t in spec["inputs"].items()}
+    columns = contract.columns if contract else {}
+    types = {c: field_type(t, columns.get(c), strict) for c, t in spec.inputs.items()}
     optional = {c: _JSON_TYPES.get(t, str) | None for c, t in (context or {}).items() if c not in types}
     attrs = attribute_names([*types, *optional])
     def rows(t): return Annotated[list[t], msgspec.Meta(min_length=1, max_length=max_rows)]
@@ -123,30 +125,31 @@ def iso_times(columns:dict[str, list], families:dict[str, str]) -> dict[str, lis
         if c in columns: columns[c] = [_iso(v, family, i, c) for i, v in enumerate(columns[c])]
     return columns
 
-def _contract_breaks(frame:pl.DataFrame, contract:dict|None) -> list[str]:
+def _contract_breaks(frame:pl.DataFrame, contract:DataContract|None) -> list[str]:
     "Each row of `frame` that breaks the contract, with why."
     if not contract: return []
-    reasons = find_broken_rows(frame, {**contract, "keys": []})  # a request's rows need not be unique
+    reasons = find_broken_rows(frame, msgspec.structs.replace(contract, keys=[]))  # a request's rows need not be unique
     return [f"row {i}: {r}" for i, r in enumerate(reasons) if r is not None]
 
-# %% ../nbs/06_serve.ipynb #3d81732b
+# %% ../nbs/06_serve.ipynb #7b553522
 _POLARS = {int: pl.Int64, float: pl.Float64, str: pl.String, bool: pl.Boolean}
 
-def example_row(spec:dict, contract:dict|None) -> dict:
+def example_row(spec:TransformSpec, contract:DataContract|None) -> dict:
     "A request row that keeps the contract: the middle of each range, the first known category."
-    columns = (contract or {}).get("columns", {})
+    columns = contract.columns if contract else {}
     def value(c, family):
-        rules = columns.get(c, {})
-        if "min" in rules:
-            middle = (rules["min"] + rules["max"])/2
+        rules = columns.get(c) or ColumnRule(type=family, nullable=True)
+        if rules.min is not None and rules.max is not None:
+            middle = (rules.min + rules.max)/2
             return int(middle) if family == "int" else middle
-        if rules.get("categories"): return rules["categories"][0]
+        if rules.categories: return rules.categories[0]
         if family in ("int", "float"): return 0 if family == "int" else 0.0
         if family == "datetime": return datetime.now(timezone.utc).isoformat(timespec="seconds")
         if family == "date": return datetime.now(timezone.utc).date().isoformat()
-        return None if rules.get("nullable", True) else "x"
-    return {c: value(c, t) for c, t in spec["inputs"].items()}
+        return None if rules.nullable else "x"
+    return {c: value(c, t) for c, t in spec.inputs.items()}
 
+# %% ../nbs/06_serve.ipynb #1435d6c1
 @dataclass
 class Served:
     "One registered version, ready to answer."
@@ -161,61 +164,19 @@ class Served:
 
     def __post_init__(self):
         spec, contract = self.bundle.spec, self.bundle.contract
-        self.context = {c: t for c, t in self.context.items() if c not in spec["inputs"]}
+        self.context = {c: t for c, t in self.context.items() if c not in spec.inputs}
         self.request_type = request_type(spec, contract, self.max_rows, context=self.context)
         self.strict = msgspec.json.Decoder(self.request_type)
         self.loose = msgspec.json.Decoder(request_type(spec, contract, self.max_rows, strict=False, context=self.context))
-        self.schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in spec["inputs"].items()}
-        self.times = {c: t for c, t in spec["inputs"].items() if t in _EXAMPLES}
+        self.schema = {c: _POLARS[_JSON_TYPES.get(t, str)] for c, t in spec.inputs.items()}
+        self.times = {c: t for c, t in spec.inputs.items() if t in _EXAMPLES}
         self.attributes = attribute_names([*self.schema, *self.context])
         self.example = example_row(spec, contract)
         self.plan = MatrixPlan.compile(spec, pl.Schema(self.schema))  # built once: a request only runs it
 
-    def columns(self, body:bytes) -> dict[str, list]:
-        "The request's values, one list per input column, or a `RequestError` naming the row and field at fault."
-        if not body.strip(): raise RequestError(400, 'empty request body: send {"rows": [{...}]} or {"columns": {...}}', "validation")
-        try: return iso_times(self._columns(self.strict.decode(body)), self.times)
-        except msgspec.ValidationError as e: strict_error = str(e)  # a subclass of DecodeError: caught first
-        except msgspec.DecodeError as e:
-            where = _non_finite(body)
-            if where: raise RequestError(400, "JSON has no NaN or Infinity (send null for a missing value): " + "; ".join(where[:20]), "validation")
-            raise RequestError(400, f"malformed JSON: {e}", "validation") from None
-        try: loose = self.frame(self._columns(self.loose.decode(body)))
-        except msgspec.ValidationError as e: raise RequestError(400, f"invalid request: {e}", "validation") from None
-        breaks = _contract_breaks(loose, self.bundle.contract)
-        raise RequestError(422, "rows break the data contract: " + ("; ".join(breaks[:20]) if breaks else strict_error), "contract")
-
-    def _columns(self, request) -> dict[str, list]:
-        if (request.rows is None) == (request.columns is None):
-            raise RequestError(400, 'send exactly one of "rows" (records) or "columns" (one list per field)', "validation")
-        if request.rows is not None:
-            found = {c: [getattr(r, a) for r in request.rows] for c, a in self.attributes.items()}
-            return {c: v for c, v in found.items() if c in self.schema or any(x is not None for x in v)}
-        lists = {c: getattr(request.columns, a) for c, a in self.attributes.items()}
-        lists = {c: v for c, v in lists.items() if v is not None}
-        lengths = {c: len(v) for c, v in lists.items()}
-        if len(set(lengths.values())) > 1:
-            n = max(set(lengths.values()), key=list(lengths.values()).count)
-            odd = [f"{c} has {k}" for c, k in lengths.items() if k != n]
-            raise RequestError(400, f"columns differ in length: most have {n} values, but {', '.join(odd[:10])}", "validation")
-        return lists
-
     def frame(self, columns:dict[str, list]) -> pl.DataFrame:
         "Input columns as a frame of the types the transformation expects."
         return pl.DataFrame([pl.Series(c, columns[c], dtype=t) for c, t in self.schema.items()])  # a quarter faster than from a dict
-
-    def predict(self, frame:pl.DataFrame, explain:int=0, features:bool=False) -> dict:
-        "Probabilities, labels at the model's threshold, and on request contributions and feature vectors."
-        b = self.bundle
-        try: X = self.plan(frame)
-        except pl.exceptions.PolarsError:  # e.g. a derived feature of an impossible date, within the contract's ranges
-            raise RequestError(422, "rows the feature transformation cannot compute: " + "; ".join(_untransformable(frame, b.spec)),
-                               "contract") from None
-        proba = b.booster.inplace_predict(X)
-        out = {"proba": proba, "labels": (proba >= b.threshold).astype(np.int8)}
-        if explain: out["contributions"] = top_contributions(b.booster, X, b.spec["features"], explain)
-        if features: out["features"] = X
-        return out
 
     def warm_up(self) -> None:
         "Answer the example row through the whole request path, or raise."
@@ -226,7 +187,55 @@ class Served:
         self.example_answer = {"request_id": "5f0c2a9e31d84b7a0000000000000000", "model_name": b.name, "model_version": b.version,
                                "threshold": b.threshold, "predictions": [{"probability": p, "label": int(answer["labels"][0])}]}
 
-def _untransformable(frame:pl.DataFrame, spec:dict, limit:int=20) -> list[str]:
+# %% ../nbs/06_serve.ipynb #62042c8b
+@patch
+def columns(self:Served, body:bytes) -> dict[str, list]:
+    "The request's values, one list per input column, or a `RequestError` naming the row and field at fault."
+    if not body.strip(): raise RequestError(400, 'empty request body: send {"rows": [{...}]} or {"columns": {...}}', "validation")
+    try: return iso_times(self._columns(self.strict.decode(body)), self.times)
+    except msgspec.ValidationError as e: strict_error = str(e)  # a subclass of DecodeError: caught first
+    except msgspec.DecodeError as e:
+        where = _non_finite(body)
+        if where: raise RequestError(400, "JSON has no NaN or Infinity (send null for a missing value): " + "; ".join(where[:20]), "validation")
+        raise RequestError(400, f"malformed JSON: {e}", "validation") from None
+    try: loose = self.frame(self._columns(self.loose.decode(body)))
+    except msgspec.ValidationError as e: raise RequestError(400, f"invalid request: {e}", "validation") from None
+    breaks = _contract_breaks(loose, self.bundle.contract)
+    raise RequestError(422, "rows break the data contract: " + ("; ".join(breaks[:20]) if breaks else strict_error), "contract")
+
+@patch
+def _columns(self:Served, request) -> dict[str, list]:
+    if (request.rows is None) == (request.columns is None):
+        raise RequestError(400, 'send exactly one of "rows" (records) or "columns" (one list per field)', "validation")
+    if request.rows is not None:
+        found = {c: [getattr(r, a) for r in request.rows] for c, a in self.attributes.items()}
+        return {c: v for c, v in found.items() if c in self.schema or any(x is not None for x in v)}
+    lists = {c: getattr(request.columns, a) for c, a in self.attributes.items()}
+    lists = {c: v for c, v in lists.items() if v is not None}
+    lengths = {c: len(v) for c, v in lists.items()}
+    if len(set(lengths.values())) > 1:
+        n = max(set(lengths.values()), key=list(lengths.values()).count)
+        odd = [f"{c} has {k}" for c, k in lengths.items() if k != n]
+        raise RequestError(400, f"columns differ in length: most have {n} values, but {', '.join(odd[:10])}", "validation")
+    return lists
+
+# %% ../nbs/06_serve.ipynb #51362224
+@patch
+def predict(self:Served, frame:pl.DataFrame, explain:int=0, features:bool=False) -> dict:
+    "Probabilities, labels at the model's threshold, and on request contributions and feature vectors."
+    b = self.bundle
+    try: X = self.plan(frame)
+    except pl.exceptions.PolarsError:  # e.g. a derived feature of an impossible date, within the contract's ranges
+        raise RequestError(422, "rows the feature transformation cannot compute: " + "; ".join(_untransformable(frame, b.spec)),
+                           "contract") from None
+    proba = b.booster.inplace_predict(X)
+    out = {"proba": proba, "labels": (proba >= b.threshold).astype(np.int8)}
+    if explain: out["contributions"] = top_contributions(b.booster, X, b.spec.features, explain)
+    if features: out["features"] = X
+    return out
+
+
+def _untransformable(frame:pl.DataFrame, spec:TransformSpec, limit:int=20) -> list[str]:
     "Each row (up to `limit`) the transformation fails on, with polars' reason."
     failed = []
     for i in range(frame.height):
@@ -380,9 +389,9 @@ class Server:
             self.failed_version = version  # until it has warmed up
             bundle = load_bundle(self.settings, version=version)
         bundle.booster.set_param({"nthread": self.xgboost_threads})
-        known = (bundle.contract or {}).get("columns", {})
+        known = bundle.contract.columns if bundle.contract else {}
         sent_beside = [self.settings.data.time_column, *self.settings.data.id_columns]  # logged for monitoring by the data's own time
-        served = Served(bundle, self.s.max_rows, {c: known[c]["type"] for c in sent_beside if c in known})
+        served = Served(bundle, self.s.max_rows, {c: known[c].type for c in sent_beside if c in known})
         served.warm_up()
         self.failed_version = None
         return served
@@ -481,7 +490,7 @@ def _answer(server:Server, served:Served, columns:dict[str, list], out:dict) -> 
                    for p, l, cs in zip(proba.tolist(), labels, contributions)]
     answer = PredictResponse(request_id, b.name, b.version, b.threshold, predictions)
     if "features" in out:
-        answer.feature_names = b.spec["features"]
+        answer.feature_names = b.spec.features
         answer.features = [[None if v != v else v for v in x] for x in out["features"].tolist()]
     return Response(_encode(answer), media_type="application/json",
                     headers={"x-model-version": b.version, "x-request-id": request_id})

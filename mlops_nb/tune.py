@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from optuna_integration import XGBoostPruningCallback
 
 from .config import Settings, TuneSettings
-from .runs import log_to_console, read_json, stage_folder, stage_run, write_json
+from .runs import log_to_console, stage_folder, stage_run
+from .records import read_json, write_json
 from .clean import load_split, load_transform
 from .prepare import apply_transform
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 def to_dmatrix(df:pl.DataFrame, spec:dict) -> xgb.DMatrix:
     "Features and labels of `df` as a DMatrix."
     X = apply_transform(df, spec).to_numpy()
-    return xgb.DMatrix(X, label=df[spec["target"]].to_numpy(), feature_names=spec["features"])
+    return xgb.DMatrix(X, label=df[spec.target].to_numpy(), feature_names=spec.features)
 
 # %% ../nbs/04_tune.ipynb #45cde4de
 BASE_PARAMS = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "tree_method": "hist"}
@@ -175,10 +176,10 @@ def dask_matrix(client, path:Path, spec:dict):
     from xgboost import dask as dxgb
     def features(part):
         frame = pl.from_pandas(part)
-        return apply_transform(frame, spec).with_columns(frame[spec["target"]].cast(pl.Int64).alias("__label__")).to_pandas()
-    meta = pd.DataFrame({f: pd.Series(dtype="float64") for f in spec["features"]} | {"__label__": pd.Series(dtype="int64")})
+        return apply_transform(frame, spec).with_columns(frame[spec.target].cast(pl.Int64).alias("__label__")).to_pandas()
+    meta = pd.DataFrame({f: pd.Series(dtype="float64") for f in spec.features} | {"__label__": pd.Series(dtype="int64")})
     data = dd.read_parquet(str(path), split_row_groups=True).map_partitions(features, meta=meta)  # a part per row group: every worker gets some
-    return dxgb.DaskDMatrix(client, data[spec["features"]], data["__label__"], feature_names=spec["features"])
+    return dxgb.DaskDMatrix(client, data[spec.features], data["__label__"], feature_names=spec.features)
 
 def train_on_dask(params:dict, run_dir:Path, spec:dict, tune:TuneSettings) -> tuple[xgb.Booster, dict]:
     "`train_booster` on the Dask cluster at `tune.dask_scheduler`, reading the clean stage's Parquet splits where the workers are."
@@ -186,7 +187,7 @@ def train_on_dask(params:dict, run_dir:Path, spec:dict, tune:TuneSettings) -> tu
     from xgboost import dask as dxgb
     with Client(tune.dask_scheduler) as client:
         dtrain, dvalid = (dask_matrix(client, Path(run_dir)/"clean"/f"{s}.parquet", spec) for s in ("train", "valid"))
-        out = dxgb.train(client, booster_params(params, tune, spec["features"]), dtrain, num_boost_round=tune.max_rounds,
+        out = dxgb.train(client, booster_params(params, tune, spec.features), dtrain, num_boost_round=tune.max_rounds,
                          evals=[(dtrain, "train"), (dvalid, "valid")], early_stopping_rounds=tune.early_stopping_rounds, verbose_eval=False)
     return _cut_at_best(out["booster"], out["history"])
 

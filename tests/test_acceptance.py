@@ -109,7 +109,7 @@ def first_attempt(request, tmp_path_factory):
             except httpx.HTTPError: pass
             assert server.poll() is None, server.stderr.read()[-3000:]
             time.sleep(0.5)
-        sent = [*champion.spec["inputs"], *([settings.data.time_column] if settings.data.time_column else [])]  # the data's time beside the inputs
+        sent = [*champion.spec.inputs, *([settings.data.time_column] if settings.data.time_column else [])]  # the data's time beside the inputs
         inputs = raw.select(sent).with_columns(pl.col(pl.Date, pl.Datetime).dt.to_string())  # JSON carries dates as ISO 8601 text
         labels, answers, given = labels.to_list(), [], 0
         for start in range(0, raw.height, 500):  # within serve.max_rows per request
@@ -121,7 +121,7 @@ def first_attempt(request, tmp_path_factory):
                 sent = httpx.post(f"{url}/feedback", json={"request_id": answers[-1]["request_id"], "row": row, "label": int(label)}, timeout=10)
                 assert sent.status_code == 202, sent.text
                 given += 1
-        dates = [c for c, t in champion.spec["inputs"].items() if t in ("date", "datetime")]
+        dates = [c for c, t in champion.spec.inputs.items() if t in ("date", "datetime")]
         if dates:  # a date that is not one is refused, naming the row and the column
             bad = httpx.post(f"{url}/predict", json={"rows": [{**inputs.row(0, named=True), dates[0]: "31/12/2024"}]}, timeout=10)
     finally:
@@ -163,8 +163,8 @@ def test_date_columns_are_features_sent_as_text(first_attempt):
     if "dates" not in f["expected"]: pytest.skip(f"{name}: date features are checked on the table with date columns besides its time")
     parts = {"date": ["days", "month", "weekday"], "datetime": ["days", "month", "weekday", "hour"]}
     for column, family in f["expected"]["dates"].items():
-        assert f["spec"]["inputs"][column] == family and f["eda"]["roles"][column] == "date feature"
-        assert all(f"{column}_{p}" in f["spec"]["features"] and f["eda"]["roles"][f"{column}_{p}"] == "derived feature" for p in parts[family])
+        assert f["spec"].inputs[column] == family and f["eda"]["roles"][column] == "date feature"
+        assert all(f"{column}_{p}" in f["spec"].features and f["eda"]["roles"][f"{column}_{p}"] == "derived feature" for p in parts[family])
     column, status, text = f["bad_date"]
     assert status == 400 and "row 0" in text and column in text, text
 

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import BIN, EXAMPLE, ROOT, cli, free_port, ledger_of, small_project_environ
 from mlops_nb.prepare import apply_transform
+from mlops_nb.clean import load_transform
 from mlops_nb.config import load_settings
 from mlops_nb.registry import champion_version
 from mlops_nb.ingest import read_snapshot, write_snapshot
@@ -78,9 +79,9 @@ def test_prediction_over_http(server, trained, project):
 def test_server_features_equal_the_training_path(server, trained):
     "One transformation: the vectors the server computes equal the ones training computes for the same rows."
     run_dir = Path(trained["run_dir"])
-    spec = json.loads((run_dir/"clean"/"transform.json").read_text())
+    spec = load_transform(run_dir)
     rows = pl.read_parquet(run_dir/"clean"/"test.parquet").head(200)
-    answer = httpx.post(f"{server}/predict?features=true", json={"rows": rows.select(list(spec["inputs"])).to_dicts()}, timeout=30)
+    answer = httpx.post(f"{server}/predict?features=true", json={"rows": rows.select(list(spec.inputs)).to_dicts()}, timeout=30)
     assert answer.status_code == 200, answer.text
     served = np.array(answer.json()["features"], dtype=float)
     np.testing.assert_array_equal(served, apply_transform(rows, spec).to_numpy())

@@ -97,7 +97,7 @@ def test_server_and_monitoring_use_the_same_settings(project):
     _, settings, readings = project
     champion = load_bundle(settings, alias="champion")
     assert champion.name == "machine_failure"
-    rows = readings.tail(300).select(list(champion.spec["inputs"])).to_dicts()
+    rows = readings.tail(300).select(list(champion.spec.inputs)).to_dicts()
     with TestClient(create_app(settings)) as client:
         answer = client.post("/predict", json={"rows": rows})
         assert answer.status_code == 200, answer.text
@@ -106,4 +106,4 @@ def test_server_and_monitoring_use_the_same_settings(project):
         assert wrong.status_code == 400 and "$.rows[0].vibration" in wrong.json()["detail"]
     report = monitor_report(settings, settings.state/"monitor"/"check")
     assert report["status"] == "ok" and report["window_rows"] == 300
-    assert {f["feature"] for f in report["features"]} == set(champion.spec["features"])
+    assert {f["feature"] for f in report["features"]} == set(champion.spec.features)

@@ -96,7 +96,7 @@ def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url
     settings = standalone_settings(inference_log=shared_log_url, serve={"poll_seconds": 0.5})
     first = train_and_register(settings, stage_run_dir(settings))
     second = train_and_register(settings, stage_run_dir(settings))  # the same data again: registered, not promoted
-    assert first["decision"]["promoted"] and not second["decision"]["promoted"]
+    assert first.decision.promoted and not second.decision.promoted
     config = save_settings(settings, tmp_path/"settings.json")
     ports = [free_port(), free_port()]
     env = clean_environ()

@@ -35,7 +35,7 @@ def registry(tmp_path_factory):
     assert versions == ["1", "2"] and champion_version(settings) == "1"
     champion = load_bundle(settings, alias="champion")
     rows = (read_snapshot({"path": settings.snapshots_dir/f"{champion.data_digest}.parquet"})
-            .select(list(champion.spec["inputs"])).tail(1000).to_dicts())
+            .select(list(champion.spec.inputs)).tail(1000).to_dicts())
     path = save_settings(settings, tmp_path_factory.mktemp("serve")/"settings.json")
     return settings, path, rows
 
