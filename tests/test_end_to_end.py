@@ -232,7 +232,7 @@ def browser():
 @pytest.mark.slow
 def test_docs_site_in_a_browser(docs_site, browser, project, trained):
     "Every page loads from loopback alone, no internal link is broken, every image is present; screenshots are kept."
-    from urllib.parse import urljoin, urldefrag
+    from urllib.parse import urldefrag
     base, site = docs_site
     pages = sorted(str(p.relative_to(site)) for p in site.rglob("*.html") if not p.name.startswith("_"))
     for required in ["index.html", "03_clean.html", "06_serve.html", "guides/quick_start.html", "run/model_card.html", "run/monitoring.html", "run/benchmarks.html"]:

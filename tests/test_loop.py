@@ -7,7 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
 import sqlalchemy as sa
 

@@ -1,6 +1,5 @@
 """The prediction server as its own process, over real HTTP: its OpenAPI document against schemathesis,
 50 clients while the champion alias moves, SIGTERM under load, and the inference log across a restart."""
-import json
 import os
 import signal
 import subprocess
@@ -184,6 +183,35 @@ def test_feedback_is_stored_beside_the_prediction(registry, tmp_path):
     assert 'mlops_errors_total{kind="unauthorized"} 1.0' in metrics
 
 
+def test_the_app_follows_the_alias_and_an_admin_reload_refuses_a_tampered_version(registry):
+    "In process: the poll swaps v2 in when the alias moves; /admin/reload needs the token, and a version whose hash no longer matches is refused while the served one keeps answering."
+    import msgspec
+    from litestar.testing import TestClient
+    from mlops_nb.serve import create_app
+    settings, _, rows = registry
+    admin = msgspec.structs.replace(settings, serve=msgspec.structs.replace(settings.serve, admin_token="secret", poll_seconds=0.2))
+    client, name = mlflow.MlflowClient(), settings.model_name
+    recorded = client.get_model_version(name, "1").tags["model_sha256"]
+    try:
+        with TestClient(create_app(admin)) as app:
+            assert app.get("/version").json()["model_version"] == "1"
+            assert app.post("/admin/reload").status_code == 401
+            client.set_registered_model_alias(name, "champion", "2")
+            deadline = time.time() + 10
+            while app.get("/version").json()["model_version"] != "2" and time.time() < deadline: time.sleep(0.1)
+            assert app.get("/version").json()["model_version"] == "2"
+            client.set_model_version_tag(name, "1", "model_sha256", "0"*64)
+            client.set_registered_model_alias(name, "champion", "1")
+            outcome = app.post("/admin/reload", headers={"Authorization": "Bearer secret"}).json()
+            assert "does not match" in outcome["error"] and outcome["model_version"] == "2", outcome
+            answer = app.post("/predict", json={"rows": rows[:1]})
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == "2"
+            assert _metric(app.get("/metrics").text, "mlops_model_reload_failures_total") >= 1  # the poll may have tried it too
+    finally:
+        client.set_model_version_tag(name, "1", "model_sha256", recorded)
+        client.set_registered_model_alias(name, "champion", "1")
+
+
 def test_overload_is_shed_with_503_and_slow_predictions_get_504(registry):
     settings, path, rows = registry
     server = Process(path, MLOPS_SERVE__MAX_CONCURRENCY="2", MLOPS_SERVE__TIMEOUT_SECONDS="0.05", MLOPS_SERVE__THREADS="1")
@@ -208,7 +236,6 @@ def test_overload_is_shed_with_503_and_slow_predictions_get_504(registry):
 def test_inference_log_in_postgresql_when_configured():
     url = postgres_url()
     import numpy as np
-    import polars as pl
     import sqlalchemy as sa
     from mlops_nb.inference_log import InferenceLog, labelled_predictions, store_engine
     engine = store_engine(url)

@@ -118,7 +118,6 @@ def test_three_workers_join_a_runs_study_and_its_best_is_registered_once(tmp_pat
 def test_training_on_a_dask_cluster_matches_one_process():
     "With tune.dask_scheduler, the tune stage trains the chosen model on Dask workers that read the Parquet splits: the same quality."
     import msgspec
-    import xgboost as xgb
     from distributed import LocalCluster
     from sklearn.metrics import roc_auc_score
     from mlops_nb.clean import clean_stage, load_split, load_transform
