@@ -39,7 +39,7 @@ def clean_stage(settings:Settings, run_dir:Path, parent_run_id:str="") -> dict:
         rows = {name: part.height for name, part in parts.items()}
         with stage_run(settings, "03_clean", parent_run_id):
             mlflow.log_params({f"rows_{k}": v for k, v in (rows | removed).items()} | {"split": describe_split(split, data)})
-            mlflow.log_dict(spec, "transform.json")
+            mlflow.log_dict(msgspec.to_builtins(spec), "transform.json")
         summary = (f"{len(spec.features)} features; train {rows['train']:,}, valid {rows['valid']:,}, test {rows['test']:,} rows "
                    f"({removed['unlabelled']:,} without a label, {removed['untimed']:,} without a time and {removed['duplicates']:,} duplicates removed); "
                    f"split {describe_split(split, data)}")

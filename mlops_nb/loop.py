@@ -218,8 +218,8 @@ def replay(settings:Settings, home:Path, months:list[int]) -> dict:
     write_json(settings.data.contract, infer_contract(whole_year, settings.data.id_columns, source="the replay's warehouse: flights of 2013"))
     settings_file = save_settings(settings, home/"settings.json")
     first = run_pipeline(settings)
-    log.info("replay: trained on months before %d: v%s, champion v%s", months[0], first["registered_version"], first["champion"])
-    if not champion_version(settings): raise RuntimeError(f"the first model did not pass the gate: {first['run_dir']}")
+    log.info("replay: trained on months before %d: v%s, champion v%s", months[0], first.registered_version, first.champion)
+    if not champion_version(settings): raise RuntimeError(f"the first model did not pass the gate: {first.run_dir}")
     server, story = ServerProcess(settings_file, settings), []
     try:
         for month in months:
