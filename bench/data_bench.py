@@ -100,11 +100,11 @@ def prepare(work: Path, rows: int, parts: int, sample_rows: int) -> dict:
 def polars_streaming(work: Path, out: Path) -> dict:
     "One lazy query from the Parquet files to the features, built from the library's functions, sunk with the streaming engine."
     import polars as pl
-    from mlops_nb.records import read_json
+    from mlops_nb.records import DataContract, TransformSpec, read_json
     from mlops_nb.ingest import read_data, scan_source
     from mlops_nb.contract import rows_keeping_contract
     from mlops_nb.prepare import apply_transform
-    data, contract, spec = _settings(work), read_json(work/"contract.json"), read_json(work/"transform.json")
+    data, contract, spec = _settings(work), read_json(work/"contract.json", DataContract), read_json(work/"transform.json", TransformSpec)
     imported = _peak_mb()
     start = time.perf_counter()
     good = rows_keeping_contract(read_data(data, lazy=True), contract, "the synthetic flights")
@@ -117,11 +117,11 @@ def polars_streaming(work: Path, out: Path) -> dict:
 
 def polars_eager_library(work: Path, out: Path) -> dict:
     "The path the ingest stage takes today: read_data (eager), enforce_contract, apply_transform on a DataFrame."
-    from mlops_nb.records import read_json
+    from mlops_nb.records import DataContract, TransformSpec, read_json
     from mlops_nb.ingest import read_data
     from mlops_nb.contract import enforce_contract
     from mlops_nb.prepare import apply_transform
-    data, contract, spec = _settings(work), read_json(work/"contract.json"), read_json(work/"transform.json")
+    data, contract, spec = _settings(work), read_json(work/"contract.json", DataContract), read_json(work/"transform.json", TransformSpec)
     imported = _peak_mb()
     start = time.perf_counter()
     df = read_data(data)

@@ -242,7 +242,7 @@ def replay(settings:Settings, home:Path, months:list[int]) -> dict:
             story.append(entry)
     finally: server.close()
     out = home/"report"
-    result = {"trained_before": months[0], "first": {k: first.get(k) for k in ("run_id", "registered_version", "promoted")},
+    result = {"trained_before": months[0], "first": {k: getattr(first, k) for k in ("run_id", "registered_version", "promoted")},
               "months": story, "champion": champion_version(settings)}
     write_json(out/"replay.json", result)
     plot_story(story).savefig(out/"story.png", dpi=100)

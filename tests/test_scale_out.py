@@ -112,15 +112,15 @@ def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url
                 except httpx.TransportError: pass
                 time.sleep(0.5)
         answers = [httpx.post(f"{url}/predict", json={"rows": EXAMPLE["rows"]*5}, timeout=10).json() for url in urls for _ in range(4)]
-        assert {a["model_version"] for a in answers} == {first["version"]}
+        assert {a["model_version"] for a in answers} == {first.version}
         time.sleep(1)  # each replica writes its log within a fraction of a second
         feedback = httpx.post(f"{urls[1]}/feedback", json={"request_id": answers[0]["request_id"], "row": 2, "label": 1}, timeout=10)
         assert feedback.status_code == 202, feedback.text  # answered by one replica, labelled through the other
         use_tracking(settings)
-        mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", second["version"])
+        mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", second.version)
         deadline = time.time() + 30
-        while time.time() < deadline and {httpx.get(f"{u}/version").json()["model_version"] for u in urls} != {second["version"]}: time.sleep(0.5)
-        assert {httpx.get(f"{u}/version").json()["model_version"] for u in urls} == {second["version"]}
+        while time.time() < deadline and {httpx.get(f"{u}/version").json()["model_version"] for u in urls} != {second.version}: time.sleep(0.5)
+        assert {httpx.get(f"{u}/version").json()["model_version"] for u in urls} == {second.version}
     finally:
         for replica in replicas: replica.terminate(); replica.wait(60)
     report = monitor_report(settings, tmp_path/"monitor")
