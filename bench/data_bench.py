@@ -35,6 +35,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from history import with_history
+
 HERE = Path(__file__).resolve().parent
 SEED = 0
 POLARS, PANDAS, EAGER = "polars_streaming", "pandas", "polars_eager_library"
@@ -349,7 +351,7 @@ def main(argv=None) -> dict:
     report = _rounded(report)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(with_history(report, out), indent=2) + "\n")
     print(f"wrote {out}")
     return report
 

@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from history import with_history
+
 import httpx
 
 HERE = Path(__file__).resolve().parent
@@ -218,7 +220,7 @@ def main() -> dict:
     result["goals"] = {"ratio >= 15": result["ratio"] >= 15, "share_of_bare_asgi >= 0.75": result["share_of_bare_asgi"] >= 0.75,
                        "p99 < 10 ms": result["p99_ms_1_row_concurrency_8"] < 10, "cold start < 5 s": result["cold_start_seconds"] < 5}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(with_history(result, Path(args.out)), indent=2) + "\n")
     print(f"1 row, concurrency 8: {ours:.0f} req/s, {result['ratio']}x mlflow models serve ({mlflow_rps:.0f}), "
           f"{result['share_of_bare_asgi']:.0%} of the bare callable ({bare:.0f}); p99 {result['p99_ms_1_row_concurrency_8']:.2f} ms; "
           f"cold start {result['cold_start_seconds']} s; goals: {result['goals']}")
