@@ -176,7 +176,7 @@ def pandas_plain(work: Path, out: Path) -> dict:
     X = {}
     for col, p in spec["numeric"].items():
         x = df[col].astype("float64")
-        if "low" in p: x = x.clip(p["low"], p["high"])
+        if p.get("low") is not None: x = x.clip(p["low"], p["high"])
         X[col] = (x if p["missing"] == "keep" else x.fillna(p["fill"])).to_numpy()
     for col, p in spec["categorical"].items():
         codes = pd.Categorical(df[col], categories=p["categories"]).codes.astype("float64")

@@ -53,7 +53,7 @@ def _name_the_key(error:str, document, type) -> str:
     return error
 
 # %% ../nbs/00_records.ipynb #2c54477f
-class NumberPolicy(msgspec.Struct, kw_only=True, omit_defaults=True):
+class NumberPolicy(msgspec.Struct, kw_only=True):
     "How a numeric feature is made ready: its missing values filled (or kept for the model to route) and its range clipped."
     missing: str = "median"  # "median" or "zero": filled with `fill`; "keep": left missing
     fill: float = 0.0
