@@ -11,7 +11,7 @@ def commit() -> str:
     "The project's checked-out commit, and '+changes' when the work tree differs from it."
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"], cwd=root, capture_output=True, text=True).stdout.strip()
     return head + ("+changes" if dirty else "")
 
 
