@@ -47,7 +47,8 @@ def _name_the_key(error:str, document, type) -> str:
     if "[...]" not in error or not (isinstance(type, builtins.type) and issubclass(type, msgspec.Struct)) or not isinstance(document, dict): return error
     for f in msgspec.structs.fields(type):
         if typing.get_origin(f.type) is not dict or f"$.{f.encode_name}[...]" not in error: continue
-        for key, value in (document.get(f.encode_name) or {}).items():
+        entries = document.get(f.encode_name)
+        for key, value in (entries.items() if isinstance(entries, dict) else []):
             try: msgspec.convert(value, typing.get_args(f.type)[1])
             except msgspec.ValidationError: return error.replace(f"$.{f.encode_name}[...]", f"$.{f.encode_name}[{key!r}]", 1)
     return error
