@@ -98,7 +98,7 @@ class RequestError(HTTPException):
 def _non_finite(body:bytes) -> list[str]:
     "Where a body that Python's lenient JSON reader accepts holds NaN or Infinity."
     try: doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError): return []
+    except (ValueError, UnicodeDecodeError, RecursionError): return []
     found = []
     def bad(v): return isinstance(v, float) and not math.isfinite(v)
     for i, row in enumerate(doc.get("rows") or [] if isinstance(doc, dict) else []):
@@ -149,6 +149,15 @@ def example_row(spec:TransformSpec, contract:DataContract|None) -> dict:
         return None if rules.nullable else "x"
     return {c: value(c, t) for c, t in spec.inputs.items()}
 
+def _beyond_64_bits(columns:dict[str, list], schema:dict) -> list[str]:
+    "Each value no 64-bit column of `schema` can hold, as 'row i, field c: v' (JSON numbers have no bound)."
+    def fits(v, t):
+        if not isinstance(v, int) or isinstance(v, bool): return True
+        if t == pl.Int64: return -2**63 <= v < 2**63
+        try: return math.isfinite(float(v))
+        except OverflowError: return False
+    return [f"row {i}, field {c!r}: {str(v)[:40]}" for c, t in schema.items() for i, v in enumerate(columns.get(c, [])) if not fits(v, t)]
+
 # %% ../nbs/06_serve.ipynb #1435d6c1
 @dataclass
 class Served:
@@ -176,7 +185,11 @@ class Served:
 
     def frame(self, columns:dict[str, list]) -> pl.DataFrame:
         "Input columns as a frame of the types the transformation expects."
-        return pl.DataFrame([pl.Series(c, columns[c], dtype=t) for c, t in self.schema.items()])  # a quarter faster than from a dict
+        try: return pl.DataFrame([pl.Series(c, columns[c], dtype=t) for c, t in self.schema.items()])  # a quarter faster than from a dict
+        except (TypeError, OverflowError, pl.exceptions.PolarsError):  # JSON numbers have no bound; a 64-bit column has
+            wrong = _beyond_64_bits(columns, self.schema)
+            if not wrong: raise
+            raise RequestError(400, "numbers beyond what a 64-bit column holds: " + "; ".join(wrong[:20]), "validation") from None
 
     def warm_up(self) -> None:
         "Answer the example row through the whole request path, or raise."
@@ -193,6 +206,7 @@ def columns(self:Served, body:bytes) -> dict[str, list]:
     "The request's values, one list per input column, or a `RequestError` naming the row and field at fault."
     if not body.strip(): raise RequestError(400, 'empty request body: send {"rows": [{...}]} or {"columns": {...}}', "validation")
     try: return iso_times(self._columns(self.strict.decode(body)), self.times)
+    except UnicodeDecodeError: raise RequestError(400, "the body is not UTF-8 text, as JSON must be", "validation") from None
     except msgspec.ValidationError as e: strict_error = str(e)  # a subclass of DecodeError: caught first
     except msgspec.DecodeError as e:
         where = _non_finite(body)
@@ -352,6 +366,10 @@ class ServerMetrics:
 # %% ../nbs/06_serve.ipynb #4809e688
 def _cores() -> int: return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
+def _same_secret(sent:str, expected:str) -> bool:
+    "Whether a header equals a secret, in constant time; any bytes may arrive in a header (the server reads them as Latin-1)."
+    return hmac.compare_digest(sent.encode("latin-1", "replace"), expected.encode("utf-8"))
+
 class Server:
     "The state behind the endpoints: the model, the log, the metrics, the limits."
     def __init__(self, settings:Settings, bundle:ModelBundle|None=None):
@@ -420,12 +438,12 @@ class Server:
             await self.reload()
 
     def check_api_key(self, request:Request):
-        if self.s.api_keys and not any(hmac.compare_digest(request.headers.get("x-api-key", ""), k) for k in self.s.api_keys):
+        if self.s.api_keys and not any(_same_secret(request.headers.get("x-api-key", ""), k) for k in self.s.api_keys):
             raise RequestError(401, "missing or unknown API key: send it in the X-API-Key header", "unauthorized")
 
     def check_admin(self, request:Request):
         if not self.s.admin_token: raise RequestError(403, "admin endpoints are off: set serve.admin_token", "forbidden")
-        if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {self.s.admin_token}"):
+        if not _same_secret(request.headers.get("authorization", ""), f"Bearer {self.s.admin_token}"):
             raise RequestError(401, "admin endpoints need `Authorization: Bearer <serve.admin_token>`", "unauthorized",
                                headers={"WWW-Authenticate": "Bearer"})
 
@@ -450,7 +468,7 @@ class PredictResponse(msgspec.Struct, omit_defaults=True):
 
 class Feedback(msgspec.Struct, forbid_unknown_fields=True):
     request_id: str
-    label: Literal[0, 1]  # the true outcome
+    label: Literal[0, 1]|bool  # the true outcome: 0 or 1 (or false or true), never text
     row: Annotated[int, msgspec.Meta(ge=0)] = 0  # which row of the request
 
 class ErrorBody(msgspec.Struct):
@@ -458,6 +476,24 @@ class ErrorBody(msgspec.Struct):
     detail: str
 
 _encode = msgspec.json.Encoder().encode
+
+_feedback_decoder = msgspec.json.Decoder(Feedback)  # strict: "1" is not a label
+
+def _feedback(body:bytes) -> Feedback:
+    "A feedback body, or a `RequestError` saying what is wrong with it."
+    try: return _feedback_decoder.decode(body)
+    except UnicodeDecodeError: raise RequestError(400, "the body is not UTF-8 text, as JSON must be", "validation") from None
+    except msgspec.DecodeError as e: raise RequestError(400, f"invalid feedback: {e}", "validation") from None
+
+class _FeedbackOperation(Operation):
+    "The feedback body in the OpenAPI document (the handler decodes it itself, after the API key)."
+    def to_schema(self) -> dict:
+        self.request_body = RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema=_inline(msgspec.json.schema(Feedback)))})
+        return super().to_schema()
+
+def _short(text:str, limit:int=64) -> str:
+    "`text` quoted, cut to `limit` characters: what a client sent is echoed, never at any length."
+    return repr(text[:limit]) + (f"... ({len(text):,} characters)" if len(text) > limit else "")
 
 def _errors(*codes:int) -> dict[int, ResponseSpec]:
     words = {400: "the request is malformed or invalid; the detail names the row and field", 401: "missing or wrong credentials",
@@ -537,20 +573,23 @@ def _endpoints(server:Server) -> list:
             server.metrics.errors.labels(getattr(e, "kind", "too_large" if status == 413 else "validation")).inc()
             raise
         except Exception:
-            status = 500
-            server.metrics.errors.labels("internal").inc()
+            status = 500  # counted and logged by the app's handler
             raise
         finally: server.metrics.answered("predict", status, started)
 
-    @post("/feedback", status_code=202, security=protected, responses=_errors(400, 401, 404), sync_to_thread=True)
-    def feedback(data:Feedback, request:Request) -> dict[str, str|int]:
+    @post("/feedback", status_code=202, security=protected, responses=_errors(400, 401, 404), operation_class=_FeedbackOperation)
+    async def feedback(request:Request) -> dict[str, str|int]:
         "The true label of a predicted row, for monitoring accuracy on live traffic."
-        server.check_api_key(request)
+        server.check_api_key(request)  # before the body is read
+        data = _feedback(await request.body())
+        return await anyio.to_thread.run_sync(lambda: _record_feedback(server, data))
+
+    def _record_feedback(server:Server, data:Feedback) -> dict[str, str|int]:
         rows = server.inference_log.rows_of(data.request_id)
-        if not rows: raise RequestError(404, f"unknown request_id {data.request_id!r}", "not_found")
-        if data.row >= rows: raise RequestError(400, f"request {data.request_id} had {rows} rows; row {data.row} does not exist", "validation")
-        server.inference_log.add_feedback(data.request_id, data.row, data.label)
-        return {"request_id": data.request_id, "row": data.row, "label": data.label, "status": "accepted"}
+        if not rows: raise RequestError(404, f"unknown request_id {_short(data.request_id)}", "not_found")
+        if data.row >= rows: raise RequestError(400, f"request {_short(data.request_id)} had {rows} rows; row {data.row} does not exist", "validation")
+        server.inference_log.add_feedback(data.request_id, data.row, int(data.label))
+        return {"request_id": data.request_id, "row": data.row, "label": int(data.label), "status": "accepted"}
 
     @get("/health")
     async def health() -> dict[str, str]:
@@ -587,6 +626,15 @@ def _endpoints(server:Server) -> list:
     return [predict, feedback, health, ready, version, metrics, admin_reload]
 
 # %% ../nbs/06_serve.ipynb #bdae693c
+def _internal_error(server:Server):
+    "The answer to an exception no endpoint expected: logged with its traceback and a reference, counted, and a 500 that says only where to look."
+    def handle(request:Request, exc:Exception) -> Response:
+        reference = uuid.uuid4().hex[:12]
+        log.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=exc)
+        server.metrics.errors.labels("internal").inc()
+        return Response({"status_code": 500, "detail": f"internal error {reference}: the server's log has its details"}, status_code=500)
+    return handle
+
 def create_app(settings:Settings, bundle:ModelBundle|None=None) -> Litestar:
     "The prediction app; it serves `bundle`, or follows the registry's champion when None."
     server = Server(settings, bundle)
@@ -611,7 +659,7 @@ def create_app(settings:Settings, bundle:ModelBundle|None=None) -> Litestar:
                             components=Components(security_schemes={
                                 "BearerToken": SecurityScheme(type="http", scheme="bearer"),
                                 "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header")}))
-    app = Litestar(_endpoints(server), lifespan=[lifespan], openapi_config=openapi,
+    app = Litestar(_endpoints(server), lifespan=[lifespan], openapi_config=openapi, exception_handlers={500: _internal_error(server)},
                    request_max_body_size=settings.serve.max_body_bytes, state=State({"server": server}))
     return app
 

@@ -212,6 +212,52 @@ def test_the_app_follows_the_alias_and_an_admin_reload_refuses_a_tampered_versio
         client.set_registered_model_alias(name, "champion", "1")
 
 
+def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_logged_500(registry):
+    "Bodies that are not UTF-8, numbers beyond 64 bits, NaN beside deep nesting, non-ASCII credentials, text labels, huge ids."
+    import json as _json
+    import logging
+    import msgspec
+    from litestar.testing import TestClient
+    from mlops_nb.serve import create_app
+    settings, _, rows = registry
+    keyed = msgspec.structs.replace(settings, serve=msgspec.structs.replace(settings.serve, api_keys=["k1"], admin_token="secret"))
+    key, row = {"X-API-Key": "k1"}, rows[0]
+    cases = [  # path, body, headers, status, words the answer must hold
+        ("/predict", b'{"rows": [{"carrier": "\xff\xfe"}]}', key, 400, "not UTF-8"),
+        ("/predict", _json.dumps({"rows": [{**row, "year": 2**70}]}).encode(), key, 400, "row 0, field 'year'"),
+        ("/predict", _json.dumps({"columns": {**{c: [v] for c, v in row.items()}, "distance": [-2**64]}}).encode(), key, 400, "field 'distance'"),
+        ("/predict", b'{"rows": [{"distance": NaN}], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", key, 400, "malformed JSON"),
+        ("/predict", _json.dumps({"rows": [row]}).encode(), {"X-API-Key": "k\u00e9".encode()}, 401, "API key"),
+        ("/feedback", b'{"request_id": "\xff", "label": 1}', key, 400, "not UTF-8"),
+        ("/feedback", b'{"request_id": "abc", "label": "1"}', key, 400, "$.label"),
+        ("/feedback", b'{"request_id": "abc", "label": 2}', key, 400, "$.label"),
+        ("/feedback", b'{"nope"', {}, 401, "API key"),  # the key before the body
+        ("/feedback", b'{"request_id": "abc", "label": 1}', {"X-API-Key": "\u00e9".encode()}, 401, "API key"),
+        ("/feedback", _json.dumps({"request_id": "x"*10_000, "label": True}).encode(), key, 404, "(10,000 characters)"),
+        ("/admin/reload", b"", {"Authorization": "Bearer \u00e9".encode()}, 401, "admin_token"),
+    ]
+    with TestClient(create_app(keyed)) as app:
+        for path, body, headers, status, words in cases:
+            answer = app.post(path, content=body, headers={"content-type": "application/json", **headers})
+            assert (answer.status_code, words in answer.json()["detail"]) == (status, True), (path, body[:60], answer.text[:300])
+            assert len(answer.text) < 1000, answer.text[:200]
+        predicted = app.post("/predict", json={"rows": rows[:1]}, headers=key).json()
+        accepted = app.post("/feedback", json={"request_id": predicted["request_id"], "label": True}, headers=key)
+        assert accepted.status_code == 202 and accepted.json()["label"] == 1
+        server = app.app.state["server"]
+        def broken(request_id): raise RuntimeError("the store said something unexpected")
+        server.inference_log.rows_of = broken
+        logged, handler = [], logging.Handler()  # the app's logging set-up replaces the root's handlers, so pytest's too
+        handler.emit = logged.append
+        logging.getLogger("mlops_nb.serve").addHandler(handler)
+        failed = app.post("/feedback", json={"request_id": predicted["request_id"], "label": 1}, headers=key)
+        assert failed.status_code == 500 and "unexpected" not in failed.text, failed.text
+        reference = failed.json()["detail"].split()[2].rstrip(":")
+        logging.getLogger("mlops_nb.serve").removeHandler(handler)
+        assert any(reference in r.getMessage() and r.exc_info for r in logged), "the 500 is logged with its traceback"
+        assert _metric(app.get("/metrics").text, 'mlops_errors_total{kind="internal"}') == 1
+
+
 def test_overload_is_shed_with_503_and_slow_predictions_get_504(registry):
     settings, path, rows = registry
     server = Process(path, MLOPS_SERVE__MAX_CONCURRENCY="2", MLOPS_SERVE__TIMEOUT_SECONDS="0.05", MLOPS_SERVE__THREADS="1")
