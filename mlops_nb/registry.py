@@ -5,6 +5,7 @@
 # %% ../nbs/04a_registry.ipynb #bfa8f7b6
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from .records import DataContract, TransformSpec, read_json, write_json
 from .prepare import MatrixPlan, apply_transform
 
 # %% auto #0
-__all__ = ['TRANSFORM_FILE', 'CONTRACT_FILE', 'ModelBundle', 'ModelIntegrityError', 'register_model', 'load_bundle',
-           'champion_version', 'rollback', 'mlops_rollback', 'find_version']
+__all__ = ['TRANSFORM_FILE', 'CONTRACT_FILE', 'MANIFEST_TAG', 'ModelBundle', 'ModelIntegrityError', 'register_model',
+           'verify_files', 'load_bundle', 'champion_version', 'rollback', 'mlops_rollback', 'find_version']
 
 # %% ../nbs/04a_registry.ipynb #a37e25b9
 @dataclass
@@ -49,6 +50,7 @@ class ModelBundle:
 
 # %% ../nbs/04a_registry.ipynb #38031d01
 TRANSFORM_FILE, CONTRACT_FILE = "feature_transform.json", "data_contract.json"
+MANIFEST_TAG = "files_sha256"  # the version tag that holds its files' SHA-256
 
 class ModelIntegrityError(RuntimeError):
     "A registered model file is not the one that was registered."
@@ -77,7 +79,8 @@ def register_model(settings:Settings, bundle:ModelBundle, example:pl.DataFrame, 
             registered_model_name=settings.model_name)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    tags = {**tags, "model_sha256": _registered_sha256(settings, version), "git_commit": git_commit(Path.cwd())}
+    manifest, model_file = _registered_files(settings, version)
+    tags = {**tags, MANIFEST_TAG: json.dumps(manifest, sort_keys=True), "model_sha256": manifest[model_file], "git_commit": git_commit(Path.cwd())}
     for k, v in tags.items(): client.set_model_version_tag(settings.model_name, version, k, str(v))
     return version
 
@@ -89,11 +92,27 @@ def _download(settings:Settings, version:str) -> tuple[Path, "Model"]:
     mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}", dst_path=str(local))
     return local, Model.load(str(local))
 
-def _registered_sha256(settings:Settings, version:str) -> str:
-    "The SHA-256 of the native model file as the registry stores it."
+def _manifest(folder:Path) -> dict[str, str]:
+    "The SHA-256 of every file under `folder`, by its path inside it."
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+def _registered_files(settings:Settings, version:str) -> tuple[dict[str, str], str]:
+    "The manifest of a version's files as the registry stores them, and which of them is the native model file."
     local, model = _download(settings, version)
-    try: return sha256_file(local/model.flavors["xgboost"]["data"])
+    try: return _manifest(local), model.flavors["xgboost"]["data"]
     finally: shutil.rmtree(local, ignore_errors=True)
+
+# %% ../nbs/04a_registry.ipynb #5b97b85b
+def verify_files(folder:Path, recorded:str|None, what:str) -> None:
+    "Check every file under `folder` against the manifest `recorded` (JSON) at registration; a `ModelIntegrityError` names the first that differs."
+    if not recorded: raise ModelIntegrityError(f"{what} has no record of its files' SHA-256 (tag {MANIFEST_TAG}): refusing to load it unverified")
+    expected, found = json.loads(recorded), _manifest(folder)
+    for name in sorted(expected.keys() | found.keys()):
+        if name not in found: problem = "is missing"
+        elif name not in expected: problem = "was not there at registration"
+        elif found[name] != expected[name]: problem = f"has SHA-256 {found[name][:12]}, which does not match the {expected[name][:12]} recorded at registration"
+        else: continue
+        raise ModelIntegrityError(f"{what}: {name} {problem}: refusing to load it")
 
 # %% ../nbs/04a_registry.ipynb #92c049c6
 def load_bundle(settings:Settings, alias:str="", version:str="") -> ModelBundle:
@@ -104,12 +123,8 @@ def load_bundle(settings:Settings, alias:str="", version:str="") -> ModelBundle:
     mv = client.get_model_version_by_alias(settings.model_name, alias) if alias else client.get_model_version(settings.model_name, version)
     local, model = _download(settings, mv.version)
     try:
-        model_file = local/model.flavors["xgboost"]["data"]
-        expected, found = mv.tags.get("model_sha256"), sha256_file(model_file)
-        if expected != found:
-            raise ModelIntegrityError(f"{settings.model_name} v{mv.version}: model file SHA-256 {found[:12]} does not match "
-                                      f"the {expected[:12] if expected else 'missing'} recorded at registration: refusing to load it")
-        booster = xgb.Booster(model_file=str(model_file))
+        verify_files(local, mv.tags.get(MANIFEST_TAG), f"{settings.model_name} v{mv.version}")
+        booster = xgb.Booster(model_file=str(local/model.flavors["xgboost"]["data"]))
         spec = read_json(local/"extra_files"/TRANSFORM_FILE, TransformSpec)
         contract_path = local/"extra_files"/CONTRACT_FILE
         contract = read_json(contract_path, DataContract) if contract_path.exists() else None
@@ -124,7 +139,9 @@ def champion_version(settings:Settings, alias:str="champion") -> str|None:
     import mlflow
     use_tracking(settings)
     try: return str(mlflow.MlflowClient().get_model_version_by_alias(settings.model_name, alias).version)
-    except mlflow.exceptions.MlflowException: return None
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"): return None  # no such model, or no such alias
+        raise  # a registry that does not answer is not a registry without a champion
 
 # %% ../nbs/04a_registry.ipynb #59e7cd05
 def rollback(settings:Settings, version:str="") -> dict:

@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections import deque
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
@@ -42,14 +42,14 @@ from .config import Settings, load_settings
 from .runs import log_to_console
 from .prepare import MatrixPlan, apply_transform
 from .contract import find_broken_rows
-from .registry import ModelBundle, champion_version, load_bundle
+from .registry import ModelBundle, ModelIntegrityError, champion_version, load_bundle
 from .inference_log import InferenceLog
 from .records import ColumnRule, DataContract, TransformSpec
 
 # %% auto #0
 __all__ = ['log', 'LATENCY_BUCKETS', 'field_type', 'attribute_names', 'request_type', 'RequestError', 'iso_times', 'example_row',
-           'Served', 'top_contributions', 'Batcher', 'ServerMetrics', 'Server', 'Contribution', 'Prediction',
-           'PredictResponse', 'Feedback', 'ErrorBody', 'create_app', 'mlops_serve']
+           'Served', 'top_contributions', 'Batcher', 'ServerMetrics', 'Server', 'LoadFailed', 'Contribution',
+           'Prediction', 'PredictResponse', 'Feedback', 'ErrorBody', 'create_app', 'app_client', 'mlops_serve']
 
 # %% ../nbs/06_serve.ipynb #aa80976f
 log = logging.getLogger(__name__)
@@ -384,6 +384,10 @@ class Server:
         self.metrics.in_flight.set_function(lambda: self.in_flight)  # read when scraped, not kept up per request
         self.failed_version: str|None = None
         self.last_reload_error = ""
+        self.not_ready = "loading: the first attempt to load the model has not ended"  # what /ready says while nothing is served
+        self.attempts = 0  # attempts to load a model that have ended
+        self.loading_since: float|None = None  # when the attempt under way began
+        self.tasks: anyio.abc.TaskGroup|None = None  # the app's background tasks, while it runs
         self.inference_log: InferenceLog|None = None
         self.reload_lock = anyio.Lock()
         self._ids = itertools.count()
@@ -397,46 +401,6 @@ class Server:
                                           max_queue=self.s.log_queue, batch_seconds=self.s.log_batch_seconds,
                                           on_error=m.log_errors.inc, on_drop=m.log_dropped.inc)
 
-    def candidate(self, version:str|None=None, force:bool=False) -> Served|None:
-        "The version holding the alias (or `version`), loaded and warmed, if it differs from the one served."
-        if self.fixed_bundle is not None: bundle = self.fixed_bundle
-        else:
-            version = version or champion_version(self.settings, self.s.model_alias)
-            current = self.served.bundle.version if self.served else None
-            if version is None or version == current or (version == self.failed_version and not force): return None
-            self.failed_version = version  # until it has warmed up
-            bundle = load_bundle(self.settings, version=version)
-        bundle.booster.set_param({"nthread": self.xgboost_threads})
-        known = bundle.contract.columns if bundle.contract else {}
-        sent_beside = [self.settings.data.time_column, *self.settings.data.id_columns]  # logged for monitoring by the data's own time
-        served = Served(bundle, self.s.max_rows, {c: known[c].type for c in sent_beside if c in known})
-        served.warm_up()
-        self.failed_version = None
-        return served
-
-    async def reload(self, force:bool=False) -> dict:
-        "Swap in the alias' version if it changed; what happened."
-        async with self.reload_lock:
-            before = self.served.bundle.version if self.served else None
-            try: served = await anyio.to_thread.run_sync(lambda: self.candidate(force=force))
-            except Exception as e:
-                self.metrics.reload_failures.inc()
-                self.last_reload_error = f"v{self.failed_version}: {type(e).__name__}: {e}"
-                log.error("model reload failed, still serving v%s: %s", before, self.last_reload_error)
-                return {"changed": False, "model_version": before, "error": self.last_reload_error}
-            if served is None: return {"changed": False, "model_version": before}
-            self.served = served
-            self.metrics.reloads.inc()
-            self.metrics.model_version.labels(served.bundle.name).set(float(served.bundle.version or 0))
-            log.info("now serving %s v%s (was v%s)", served.bundle.name, served.bundle.version, before)
-            return {"changed": True, "model_version": served.bundle.version, "previous_version": before}
-
-    async def follow(self):
-        "Poll the registry for the alias until cancelled."
-        while True:
-            await anyio.sleep(self.s.poll_seconds)
-            await self.reload()
-
     def check_api_key(self, request:Request):
         if self.s.api_keys and not any(_same_secret(request.headers.get("x-api-key", ""), k) for k in self.s.api_keys):
             raise RequestError(401, "missing or unknown API key: send it in the X-API-Key header", "unauthorized")
@@ -446,6 +410,94 @@ class Server:
         if not _same_secret(request.headers.get("authorization", ""), f"Bearer {self.s.admin_token}"):
             raise RequestError(401, "admin endpoints need `Authorization: Bearer <serve.admin_token>`", "unauthorized",
                                headers={"WWW-Authenticate": "Bearer"})
+
+# %% ../nbs/06_serve.ipynb #66ec407b
+class LoadFailed(RuntimeError):
+    "A version could not be made ready to serve; the message says at which step and why, as /ready repeats it."
+
+def _step(what:str, call, *args, **kw):
+    "`call(*args, **kw)`, or a `LoadFailed` that starts with `what` (an integrity failure is named as one)."
+    try: return call(*args, **kw)
+    except ModelIntegrityError as e: raise LoadFailed(f"integrity: {e}") from e
+    except Exception as e: raise LoadFailed(f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]) from e
+
+@patch
+def candidate(self:Server, version:str|None=None, force:bool=False) -> Served|None:
+    "The version holding the alias (or `version`), loaded and warmed, if it differs from the one served."
+    if self.fixed_bundle is not None: bundle = self.fixed_bundle
+    else:
+        version = version or _step("registry unreachable", champion_version, self.settings, self.s.model_alias)
+        if version is None and self.served is None:
+            self.not_ready = f"no version of {self.settings.model_name} holds the alias {self.s.model_alias!r}"
+        current = self.served.bundle.version if self.served else None
+        if version is None or version == current or (version == self.failed_version and not force): return None
+        self.failed_version = version  # until it has warmed up
+        bundle = _step(f"loading v{version} failed", load_bundle, self.settings, version=version)
+    bundle.booster.set_param({"nthread": self.xgboost_threads})
+    known = bundle.contract.columns if bundle.contract else {}
+    sent_beside = [self.settings.data.time_column, *self.settings.data.id_columns]  # logged for monitoring by the data's own time
+    served = Served(bundle, self.s.max_rows, {c: known[c].type for c in sent_beside if c in known})
+    _step(f"v{bundle.version} failed its warm-up", served.warm_up)
+    self.failed_version = None
+    return served
+
+@patch
+async def reload(self:Server, force:bool=False) -> dict:
+    "Swap in the alias' version if it changed; what happened."
+    async with self.reload_lock:
+        before = self.served.bundle.version if self.served else None
+        self.loading_since = time.monotonic()
+        try: served = await anyio.to_thread.run_sync(lambda: self.candidate(force=force), abandon_on_cancel=True)  # a stop need not wait for the registry
+        except LoadFailed as e:
+            self.metrics.reload_failures.inc()
+            self.last_reload_error = str(e)
+            if self.served is None: self.not_ready = str(e)
+            log.error("model reload failed, %s: %s", f"still serving v{before}" if before else "no model served", e)
+            return {"changed": False, "model_version": before, "error": self.last_reload_error}
+        finally: self.loading_since, self.attempts = None, self.attempts + 1
+        if served is None: return {"changed": False, "model_version": before}
+        self.served = served
+        self.metrics.reloads.inc()
+        self.metrics.model_version.labels(served.bundle.name).set(float(served.bundle.version or 0))
+        log.info("now serving %s v%s (was v%s)", served.bundle.name, served.bundle.version, before)
+        return {"changed": True, "model_version": served.bundle.version, "previous_version": before}
+
+# %% ../nbs/06_serve.ipynb #6d21f738
+@patch
+async def keep_loaded(self:Server):
+    "Load the alias' version, trying again with growing pauses (1 s to 30 s) until one answers; then follow the alias."
+    pause = 1.0
+    while self.served is None:
+        await self.reload(force=True)  # a version refused before is tried again: its files may have been put right
+        if self.served is None: await anyio.sleep(pause)
+        pause = min(2*pause, 30.0)
+    gc.freeze()  # what is loaded now lives as long as the process: later collections need not walk it
+    if self.fixed_bundle is None and self.s.poll_seconds > 0: await self.follow()
+
+@patch
+async def follow(self:Server):
+    "Poll the registry for the alias until cancelled."
+    while True:
+        await anyio.sleep(self.s.poll_seconds)
+        await self.reload()
+
+@patch
+async def reload_within(self:Server, seconds:float) -> tuple[bool, dict]:
+    "A reload forced by an admin, run among the app's tasks: whether it ended within `seconds`, and what happened."
+    done, outcome = anyio.Event(), {}
+    async def run():
+        outcome.update(await self.reload(force=True))
+        done.set()
+    self.tasks.start_soon(run)
+    with anyio.move_on_after(seconds): await done.wait()
+    return done.is_set(), outcome
+
+@patch
+def readiness(self:Server) -> dict:
+    "What /ready answers: the model served, or why none is, whether an attempt is under way and how many have ended."
+    if self.served is not None: return {"ready": True, "model_name": self.served.bundle.name, "model_version": self.served.bundle.version}
+    loading = None if self.loading_since is None else round(time.monotonic() - self.loading_since, 1)
+    return {"ready": False, "reason": self.not_ready, "attempts": self.attempts, "loading_for_seconds": loading}
 
 # %% ../nbs/06_serve.ipynb #4ee4f93a
 class Contribution(msgspec.Struct):
@@ -504,7 +556,7 @@ def _errors(*codes:int) -> dict[int, ResponseSpec]:
 async def _predict(server:Server, request:Request, explain:bool, features:bool) -> Response:
     server.check_api_key(request)
     served = server.served  # this request's model, whatever reloads happen meanwhile
-    if served is None: raise RequestError(503, "no model loaded yet", "no_model")
+    if served is None: raise RequestError(503, f"no model loaded yet: {server.not_ready}", "no_model")
     if server.in_flight >= server.s.max_concurrency:
         raise RequestError(503, f"overloaded: {server.in_flight} predictions in flight", "overload", headers={"Retry-After": "1"})
     server.in_flight += 1
@@ -597,17 +649,16 @@ def _endpoints(server:Server) -> list:
         return {"status": "ok"}
 
     @get("/ready", responses=_errors(503))
-    async def ready() -> Response[dict[str, str|bool]]:
-        "A model is loaded and has answered its warm-up request."
-        served = server.served
-        if served is None: return Response({"ready": False, "reason": "no model loaded"}, status_code=503)
-        return Response({"ready": True, "model_name": served.bundle.name, "model_version": served.bundle.version})
+    async def ready() -> Response[dict[str, str|bool|int|float|None]]:
+        "A model is loaded and has answered its warm-up request; otherwise 503 with the reason (no version holds the alias, integrity, registry unreachable, warm-up)."
+        answer = server.readiness()
+        return Response(answer, status_code=200 if answer["ready"] else 503)
 
     @get("/version", responses=_errors(503))
     async def version() -> dict[str, str|float]:
         "The model answering: name, version, threshold, data digest, git commit, registering run."
         served = server.served
-        if served is None: raise RequestError(503, "no model loaded yet", "no_model")
+        if served is None: raise RequestError(503, f"no model loaded yet: {server.not_ready}", "no_model")
         b = served.bundle
         return {"model_name": b.name, "model_version": b.version, "threshold": b.threshold, "data_digest": b.data_digest,
                 "git_commit": b.git_commit, "run_id": b.run_id, "train_until": b.train_until}
@@ -618,10 +669,15 @@ def _endpoints(server:Server) -> list:
         return generate_latest(server.metrics.registry)
 
     @post("/admin/reload", status_code=200, security=[{"BearerToken": []}], responses=_errors(401, 403))
-    async def admin_reload(request:Request) -> dict[str, str|bool|None]:
-        "Ask the registry for the alias now and swap in its version if it changed (retrying one that failed before)."
+    async def admin_reload(request:Request) -> Response[dict[str, str|bool|None]]:
+        "Ask the registry for the alias now and swap in its version if it changed (retrying one that failed before); 202 when the registry has not answered within the request timeout (the reload goes on)."
         server.check_admin(request)
-        return await server.reload(force=True)
+        ended, outcome = await server.reload_within(server.s.timeout_seconds)
+        if ended: return Response(outcome)
+        current = server.served.bundle.version if server.served else None
+        return Response({"changed": False, "model_version": current, "pending": True,
+                         "detail": f"the registry has not answered within {server.s.timeout_seconds} s; the reload goes on, /version and /ready tell when it ends"},
+                        status_code=202)
 
     return [predict, feedback, health, ready, version, metrics, admin_reload]
 
@@ -641,13 +697,10 @@ def create_app(settings:Settings, bundle:ModelBundle|None=None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app:Litestar):
         server.open_log()
-        outcome = await server.reload()
-        gc.freeze()  # what is loaded now lives as long as the process: later collections need not walk it
-        if server.served is None: log.warning("no model to serve yet (%s@%s): %s", settings.model_name, settings.serve.model_alias,
-                                              outcome.get("error", "no version holds the alias"))
         try:
             async with anyio.create_task_group() as tasks:
-                if bundle is None and settings.serve.poll_seconds > 0: tasks.start_soon(server.follow)
+                server.tasks = tasks
+                tasks.start_soon(server.keep_loaded)  # the app listens at once; /ready says when a model answers
                 for _ in range(server.threads): tasks.start_soon(server.batcher.work)
                 try: yield
                 finally: tasks.cancel_scope.cancel()
@@ -662,6 +715,16 @@ def create_app(settings:Settings, bundle:ModelBundle|None=None) -> Litestar:
     app = Litestar(_endpoints(server), lifespan=[lifespan], openapi_config=openapi, exception_handlers={500: _internal_error(server)},
                    request_max_body_size=settings.serve.max_body_bytes, state=State({"server": server}))
     return app
+
+# %% ../nbs/06_serve.ipynb #b98aef6a
+@contextmanager
+def app_client(app:Litestar, timeout:float=120.0):
+    "Litestar's `TestClient` on `app`, running, once its first attempt to load a model has ended (or `timeout` has passed)."
+    from litestar.testing import TestClient
+    with TestClient(app) as client:
+        server, deadline = app.state.server, time.monotonic() + timeout
+        while server.attempts == 0 and time.monotonic() < deadline: time.sleep(0.01)
+        yield client
 
 # %% ../nbs/06_serve.ipynb #e85da5c4
 @call_parse

@@ -2,6 +2,8 @@
 a second evaluation that does not beat it, the labelled production window, a dry run, enforcement and
 rollback, a behavioural case that registers nothing, a tampered model file, a rebuild from the records;
 and the monitor's control, rows from the training months, against months the model never saw."""
+import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -9,7 +11,6 @@ import msgspec
 import numpy as np
 import polars as pl
 import pytest
-from litestar.testing import TestClient
 
 from mlops_nb.config import standalone_settings
 from mlops_nb.runs import stage_run_dir, use_tracking
@@ -20,7 +21,7 @@ from mlops_nb.evaluate import BehaviourError, evaluate_stage, gate_checks, repro
 from mlops_nb.inference_log import InferenceLog
 from mlops_nb.ingest import read_snapshot
 from mlops_nb.monitor import monitor_report
-from mlops_nb.serve import create_app
+from mlops_nb.serve import app_client, create_app
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +88,39 @@ def test_a_broken_behaviour_case_fails_the_stage_and_registers_nothing(evaluated
     assert _versions(settings) == versions and champion_version(settings) == champion
 
 
-def test_a_tampered_model_file_is_refused_at_load(evaluated):
+def _tamper_model_ubj(path: Path): path.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
+def _tamper_mlmodel(path: Path): path.write_text(re.sub(r"threshold: [0-9.e-]+", "threshold: 0.0001", path.read_text()))
+def _tamper_transform(path: Path):  # a fill value changed: the model would see other features
+    doc = json.loads(path.read_text())
+    policy = next(iter(doc["numeric"].values()))
+    policy["fill"] = 1e9
+    path.write_text(json.dumps(doc))
+def _tamper_contract(path: Path):  # a range widened: the server would let through what training never saw
+    doc = json.loads(path.read_text())
+    rule = next(r for r in doc["columns"].values() if r.get("max") is not None)
+    rule["max"] = 1e300
+    path.write_text(json.dumps(doc))
+
+@pytest.mark.parametrize("name, tamper", [("model.ubj", _tamper_model_ubj), ("MLmodel", _tamper_mlmodel),
+                                          ("extra_files/feature_transform.json", _tamper_transform),
+                                          ("extra_files/data_contract.json", _tamper_contract)])
+def test_every_file_the_server_reads_is_checked_against_the_manifest(evaluated, name, tamper):
+    "A changed booster, threshold, transformation or contract in the artifact store: the load and the server refuse it, naming the file."
     settings, _, _ = evaluated
     champion = champion_version(settings)
     registered = mlflow.MlflowClient().get_model_version(settings.model_name, champion)
     model_id = registered.source.rstrip("/").split("/")[-1]  # models:/<model id>
-    [stored] = [p for p in Path(settings.state_dir, "artifacts").rglob("model.ubj") if model_id in p.parts]
+    [folder] = {p.parent for p in Path(settings.state_dir, "artifacts").rglob("MLmodel") if model_id in p.parts}
+    stored = folder/name
     original = stored.read_bytes()
-    stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    tamper(stored)
+    assert stored.read_bytes() != original
     try:
-        with pytest.raises(ModelIntegrityError, match="does not match"): load_bundle(settings, alias="champion")
+        with pytest.raises(ModelIntegrityError, match=f"{re.escape(name)} has SHA-256 .* does not match"): load_bundle(settings, alias="champion")
+        with app_client(create_app(settings)) as app:
+            ready = app.get("/ready")
+            assert ready.status_code == 503 and name in ready.json()["reason"] and "integrity" in ready.json()["reason"], ready.text
+            assert app.get("/health").status_code == 200
     finally: stored.write_bytes(original)
     assert load_bundle(settings, alias="champion").version == champion
 
@@ -108,7 +132,7 @@ def test_the_champion_rebuilt_from_its_records_predicts_the_same(evaluated):
 
 
 def _serve(settings, rows:pl.DataFrame, inputs:list[str]) -> None:
-    with TestClient(create_app(settings)) as client:
+    with app_client(create_app(settings)) as client:
         for chunk in rows.select(inputs).iter_slices(200): assert client.post("/predict", json={"rows": chunk.to_dicts()}).status_code == 200
 
 

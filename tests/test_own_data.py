@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from litestar.testing import TestClient
 
 from conftest import BIN, ROOT
 from mlops_nb.config import load_settings
 from mlops_nb.registry import load_bundle
 from mlops_nb.monitor import monitor_report
-from mlops_nb.serve import create_app
+from mlops_nb.serve import app_client, create_app
 
 SETTINGS = """
 experiment = "machines"
@@ -98,7 +97,7 @@ def test_server_and_monitoring_use_the_same_settings(project):
     champion = load_bundle(settings, alias="champion")
     assert champion.name == "machine_failure"
     rows = readings.tail(300).select(list(champion.spec.inputs)).to_dicts()
-    with TestClient(create_app(settings)) as client:
+    with app_client(create_app(settings)) as client:
         answer = client.post("/predict", json={"rows": rows})
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["predictions"]) == 300

@@ -47,9 +47,8 @@ def test_pipeline_and_server_through_a_tracking_server(tracking_server, tmp_path
     assert list(server_artifacts.rglob("model.ubj")) and not (tmp_path/"state"/"artifacts").exists()
     settings = load_settings(environ=env)
     assert champion_version(settings) == "1"
-    from litestar.testing import TestClient
-    from mlops_nb.serve import create_app
-    with TestClient(create_app(settings)) as client:  # the server loads the champion through the tracking server
+    from mlops_nb.serve import app_client, create_app
+    with app_client(create_app(settings)) as client:  # the server loads the champion through the tracking server
         answer = client.post("/predict", json={"rows": EXAMPLE["rows"]})
         assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     assert load_bundle(settings, alias="champion").data_digest

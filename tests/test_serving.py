@@ -1,7 +1,9 @@
 """The prediction server as its own process, over real HTTP: its OpenAPI document against schemathesis,
 50 clients while the champion alias moves, SIGTERM under load, and the inference log across a restart."""
+import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -41,7 +43,8 @@ def registry(tmp_path_factory):
 
 class Process:
     "`mlops_serve` started as its own process on a free port."
-    def __init__(self, config:Path, **env):
+    def __init__(self, config:Path, ready:bool=True, **env):
+        "Start it and wait until /ready answers 200 (or, not `ready`, until it listens)."
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = clean_environ(**env)
@@ -53,11 +56,11 @@ class Process:
         while time.time() < deadline:
             assert self.proc.poll() is None, "".join(self.output)
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200: return
+                if httpx.get(f"{self.url}/ready" if ready else f"{self.url}/health", timeout=1).status_code == 200: return
             except httpx.TransportError: pass
             time.sleep(0.3)
         self.stop()
-        pytest.fail("the server did not become ready within 120 s:\n" + "".join(self.output))
+        pytest.fail(f"the server did not become {'ready' if ready else 'alive'} within 120 s:\n" + "".join(self.output))
 
     def stop(self) -> int:
         if self.proc.poll() is None: self.proc.send_signal(signal.SIGTERM)
@@ -186,30 +189,60 @@ def test_feedback_is_stored_beside_the_prediction(registry, tmp_path):
 def test_the_app_follows_the_alias_and_an_admin_reload_refuses_a_tampered_version(registry):
     "In process: the poll swaps v2 in when the alias moves; /admin/reload needs the token, and a version whose hash no longer matches is refused while the served one keeps answering."
     import msgspec
-    from litestar.testing import TestClient
-    from mlops_nb.serve import create_app
+    from mlops_nb.serve import app_client, create_app
     settings, _, rows = registry
     admin = msgspec.structs.replace(settings, serve=msgspec.structs.replace(settings.serve, admin_token="secret", poll_seconds=0.2))
     client, name = mlflow.MlflowClient(), settings.model_name
-    recorded = client.get_model_version(name, "1").tags["model_sha256"]
+    recorded = client.get_model_version(name, "1").tags["files_sha256"]
     try:
-        with TestClient(create_app(admin)) as app:
+        with app_client(create_app(admin)) as app:
             assert app.get("/version").json()["model_version"] == "1"
             assert app.post("/admin/reload").status_code == 401
             client.set_registered_model_alias(name, "champion", "2")
             deadline = time.time() + 10
             while app.get("/version").json()["model_version"] != "2" and time.time() < deadline: time.sleep(0.1)
             assert app.get("/version").json()["model_version"] == "2"
-            client.set_model_version_tag(name, "1", "model_sha256", "0"*64)
+            client.set_model_version_tag(name, "1", "files_sha256", json.dumps({**json.loads(recorded), "model.ubj": "0"*64}))
             client.set_registered_model_alias(name, "champion", "1")
             outcome = app.post("/admin/reload", headers={"Authorization": "Bearer secret"}).json()
-            assert "does not match" in outcome["error"] and outcome["model_version"] == "2", outcome
+            assert "integrity" in outcome["error"] and "model.ubj" in outcome["error"] and outcome["model_version"] == "2", outcome
             answer = app.post("/predict", json={"rows": rows[:1]})
             assert answer.status_code == 200 and answer.headers["x-model-version"] == "2"
             assert _metric(app.get("/metrics").text, "mlops_model_reload_failures_total") >= 1  # the poll may have tried it too
     finally:
-        client.set_model_version_tag(name, "1", "model_sha256", recorded)
+        client.set_model_version_tag(name, "1", "files_sha256", recorded)
         client.set_registered_model_alias(name, "champion", "1")
+
+
+def test_the_server_listens_at_once_and_says_why_no_model_is_ready(registry):
+    "A registry that never answers: /health at once, /ready 503 while loading, an admin reload back within the request timeout, a prompt stop; one that refuses: /ready names it."
+    _, path, rows = registry
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections and never answers
+    auth = {"Authorization": "Bearer secret"}
+    started = time.monotonic()
+    server = Process(path, ready=False, MLOPS_TRACKING_URI=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                     MLOPS_SERVE__ADMIN_TOKEN="secret", MLOPS_SERVE__TIMEOUT_SECONDS="2")
+    try:
+        listening = time.monotonic() - started
+        ready = httpx.get(f"{server.url}/ready")
+        assert ready.status_code == 503 and ready.json()["reason"].startswith("loading") and ready.json()["loading_for_seconds"] is not None, ready.text
+        asked = time.monotonic()
+        reload = httpx.post(f"{server.url}/admin/reload", headers=auth, timeout=60)
+        assert reload.status_code == 202 and reload.json()["pending"] and time.monotonic() - asked < 2 + 2, reload.text
+        refused = httpx.post(f"{server.url}/predict", json={"rows": rows[:1]})
+        assert refused.status_code == 503 and "loading" in refused.json()["detail"]
+        stopping = time.monotonic()
+        assert server.stop() in (0, -signal.SIGTERM) and time.monotonic() - stopping < 15  # a stop does not wait for the registry
+        assert "Application shutdown complete" in "".join(server.output), "".join(server.output)[-3000:]
+    finally: server.stop(); silent.close()
+    closed = free_port()  # nothing listens there
+    server = Process(path, ready=False, MLOPS_TRACKING_URI=f"http://127.0.0.1:{closed}", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    try:
+        deadline = time.time() + 60
+        while (ready := httpx.get(f"{server.url}/ready").json())["attempts"] == 0 and time.time() < deadline: time.sleep(0.2)
+        assert ready["reason"].startswith("registry unreachable") and str(closed) in ready["reason"], ready
+    finally: server.stop()
+    assert listening < 30, f"the server took {listening:.0f} s to listen"
 
 
 def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_logged_500(registry):
@@ -217,8 +250,7 @@ def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_log
     import json as _json
     import logging
     import msgspec
-    from litestar.testing import TestClient
-    from mlops_nb.serve import create_app
+    from mlops_nb.serve import app_client, create_app
     settings, _, rows = registry
     keyed = msgspec.structs.replace(settings, serve=msgspec.structs.replace(settings.serve, api_keys=["k1"], admin_token="secret"))
     key, row = {"X-API-Key": "k1"}, rows[0]
@@ -236,7 +268,7 @@ def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_log
         ("/feedback", _json.dumps({"request_id": "x"*10_000, "label": True}).encode(), key, 404, "(10,000 characters)"),
         ("/admin/reload", b"", {"Authorization": "Bearer \u00e9".encode()}, 401, "admin_token"),
     ]
-    with TestClient(create_app(keyed)) as app:
+    with app_client(create_app(keyed)) as app:
         for path, body, headers, status, words in cases:
             answer = app.post(path, content=body, headers={"content-type": "application/json", **headers})
             assert (answer.status_code, words in answer.json()["detail"]) == (status, True), (path, body[:60], answer.text[:300])
