@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -17,8 +19,8 @@ import msgspec
 # %% auto #0
 __all__ = ['TRANSIENT_ERRORS', 'ENV_PREFIX', 'SourceSettings', 'JoinSettings', 'DataSettings', 'FeatureSettings', 'SplitSettings',
            'TuneSettings', 'EvaluateSettings', 'GateSettings', 'ServeSettings', 'AlertRule', 'MonitorSettings',
-           'ScheduleSettings', 'PipelineSettings', 'Settings', 'load_settings', 'example_settings_file',
-           'standalone_settings']
+           'ScheduleSettings', 'PipelineSettings', 'Settings', 'SettingsError', 'load_settings', 'settings_or_exit',
+           'example_settings_file', 'standalone_settings']
 
 # %% ../nbs/00_config.ipynb #b493d55d
 class SourceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -254,6 +256,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 # %% ../nbs/00_config.ipynb #68860a61
 ENV_PREFIX = "MLOPS_"
 
+class SettingsError(ValueError):
+    "Settings that cannot be used, on one line: the `source` (a file, a variable), the `key` (or the line and column) and the `problem`."
+    def __init__(self, source:str, problem:str, key:str=""):
+        self.source, self.key, self.problem = source, key, " ".join(problem.splitlines())
+        super().__init__(f"{source}: {key + ': ' if key else ''}{self.problem}")
+
 def _env_overrides(environ:dict) -> dict:
     "Nested dict of the `MLOPS_GROUP__KEY=value` variables in `environ`."
     found = {}
@@ -262,7 +270,9 @@ def _env_overrides(environ:dict) -> dict:
         *groups, key = name[len(ENV_PREFIX):].lower().split("__")
         node = found
         for g in groups: node = node.setdefault(g, {})
-        node[key] = json.loads(value) if value[:1] in ("[", "{") else value  # lists and tables as JSON
+        try: node[key] = json.loads(value) if value[:1] in ("[", "{") else value  # lists and tables as JSON
+        except json.JSONDecodeError as e:
+            raise SettingsError(f"environment variable {name}", f"not valid JSON: {e.msg} (column {e.colno})", ".".join(groups + [key])) from None
     return found
 
 def _merge(base:dict, extra:dict) -> dict:
@@ -272,13 +282,73 @@ def _merge(base:dict, extra:dict) -> dict:
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-# %% ../nbs/00_config.ipynb #f2fa2ac1
+# %% ../nbs/00_config.ipynb #62769248
 def _read_file(path:Path) -> dict:
-    "The settings in a TOML or JSON file."
-    if not path.exists(): raise FileNotFoundError(f"settings file not found: {path}")
-    if path.suffix == ".json": return json.loads(path.read_text())
-    with path.open("rb") as f: return tomllib.load(f)
+    "The settings in a TOML or JSON file; `SettingsError` naming the file, and the line and column of a syntax error."
+    try: text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError: raise SettingsError(str(path), "settings file not found") from None
+    except OSError as e: raise SettingsError(str(path), f"cannot read the settings file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e: raise SettingsError(str(path), f"not UTF-8 text (byte {e.start})") from None
+    if path.suffix == ".json":
+        try: doc = json.loads(text)
+        except json.JSONDecodeError as e: raise SettingsError(str(path), f"not valid JSON: {e.msg}", f"line {e.lineno}, column {e.colno}") from None
+    else:
+        try: doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            found = re.match(r"(.*?)\s*\(at (line \d+, column \d+|end of document)\)$", str(e))
+            problem, where = (found[1], found[2]) if found else (str(e), "")
+            raise SettingsError(str(path), f"not valid TOML: {problem[:1].lower()}{problem[1:]}", where) from None
+    if not isinstance(doc, dict): raise SettingsError(str(path), f"holds a JSON {type(doc).__name__}, not an object of settings")
+    return doc
 
+# %% ../nbs/00_config.ipynb #89591256
+def _steps(where:str) -> list:
+    "msgspec's `$.data.joins[0].on` as steps: `['data', 'joins', 0, 'on']`, with `...` for a mapping's key it does not name."
+    return [name or (int(i) if i.isdigit() else ...) for name, i in re.findall(r"\.(\w+)|\[(\d+|\.\.\.)\]", where)]
+
+def _replaced(doc, steps:list, value):
+    "A copy of `doc` with the value at `steps` replaced by `value`."
+    if not steps: return value
+    copy = list(doc) if isinstance(doc, list) else dict(doc)
+    copy[steps[0]] = _replaced(doc[steps[0]], steps[1:], value)
+    return copy
+
+def _name_keys(doc:dict, steps:list, error:str) -> list:
+    "`steps` with each unnamed mapping key (`...`) replaced by the key whose entry, alone, still gives `error`."
+    steps, node = list(steps), doc
+    for i in range(len(steps)):
+        if steps[i] is ... and isinstance(node, dict):
+            for key in node:
+                try: msgspec.convert(_replaced(doc, steps[:i], {key: node[key]}), Settings, strict=False)
+                except msgspec.ValidationError as e:
+                    if str(e) == error: steps[i] = key; break
+        try: node = node[steps[i]]
+        except (KeyError, IndexError, TypeError): break
+    return steps
+
+def _holds(doc, steps:list) -> bool:
+    "Whether nested `doc` has a value (None included) at `steps`."
+    for s in steps:
+        try: doc = doc[s]
+        except (KeyError, IndexError, TypeError): return False
+    return True
+
+def _settings_error(e:msgspec.ValidationError, doc:dict, path, environ:dict, overrides:dict) -> SettingsError:
+    "A validation error as `SettingsError`: the key, where its value came from (the file, a variable, the caller), and the problem."
+    message, _, where = str(e).partition(" - at `")
+    steps = _name_keys(doc, _steps(where.rstrip("`")), str(e))
+    unknown = re.match(r"Object contains unknown field `(.*)`$", message)
+    if unknown: steps, problem = steps + [unknown[1]], "unknown key"
+    else: problem = message[:1].lower() + message[1:]
+    key = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps if s is not ...).lstrip(".")
+    named = [str(s).lower() for s in steps if isinstance(s, str)]
+    variable = next((n for n in environ if n.startswith(ENV_PREFIX) and n != "MLOPS_CONFIG"
+                     and named[:len(n[len(ENV_PREFIX):].split("__"))] == n[len(ENV_PREFIX):].lower().split("__")), None)
+    source = (f"environment variable {variable}" if variable else "settings given by the caller" if _holds(overrides, steps)
+              else str(path) if path else "default settings")
+    return SettingsError(source, problem, key or "(the whole document)")
+
+# %% ../nbs/00_config.ipynb #f2fa2ac1
 def _absolute(settings:Settings, base:Path) -> Settings:
     "Settings with their local paths made absolute against `base`."
     base = base.resolve()
@@ -299,17 +369,27 @@ def load_settings(path:str|Path|None=None, # TOML or JSON file; None: `MLOPS_CON
                   environ:dict|None=None, # variables to read `MLOPS_*` overrides from; None: os.environ
                   **overrides, # nested values applied last, e.g. `tune={"n_trials": 3}`
                  ) -> Settings:
-    "Settings from defaults, then the file, then the environment, then `overrides`."
+    "Settings from defaults, then the file, then the environment, then `overrides`; `SettingsError` naming the file (or variable), key and problem."
     environ = os.environ if environ is None else environ
     path = path or environ.get("MLOPS_CONFIG") or ("mlops.toml" if Path("mlops.toml").exists() else None)
     doc = _read_file(Path(path)) if path else {}
     doc = _merge(_merge(doc, _env_overrides(environ)), overrides)
     try: settings = msgspec.convert(doc, Settings, strict=False)
-    except msgspec.ValidationError as e:
-        raise ValueError(f"invalid settings ({path or 'defaults'} and MLOPS_* variables): {e}") from None
+    except msgspec.ValidationError as e: raise _settings_error(e, doc, path, environ, overrides) from None
     if not settings.data.source and len(settings.data.sources) == 1:  # the only table is the main one
         settings = msgspec.structs.replace(settings, data=msgspec.structs.replace(settings.data, source=next(iter(settings.data.sources))))
     return _absolute(settings, Path(path).parent if path else Path.cwd())
+
+# %% ../nbs/00_config.ipynb #d06972a1
+def settings_or_exit(path:str|Path|None=None, # as `load_settings`: the file, or None
+                     command:str|None=None, # named first on the line; None: the running program's name (`mlops_run`, ...)
+                     **kwargs, # `environ` and overrides, as `load_settings`
+                    ) -> Settings:
+    "`load_settings(path, **kwargs)`, or bad settings reported on stderr as one line, `command: file: key: problem`, and exit status 2."
+    try: return load_settings(path, **kwargs)
+    except SettingsError as e:
+        print(f"{command or Path(sys.argv[0]).name}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 # %% ../nbs/00_config.ipynb #2b34beaa
 def example_settings_file(name:str="flights") -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastcore.script import call_parse
 
-from .config import Settings, load_settings
+from .config import Settings, load_settings, settings_or_exit
 from .runs import log_to_console
 from .records import RunLedger, read_json
 from .runner import notebooks_dir
@@ -273,7 +273,7 @@ def mlops_docs(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or
               ):
     "Build the documentation site from the notebooks and the latest run, offline."
     log_to_console()
-    settings = load_settings(config)
+    settings = settings_or_exit(config)
     out = Path(dest) if dest else notebooks_dir(settings).resolve().parent/"_docs"
     result = build_docs(settings, out, quarto=not no_quarto)
     print(f"site built with {result['renderer']} in {result['site']} ({result['pages']} pages)")

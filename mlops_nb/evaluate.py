@@ -18,7 +18,7 @@ from fastcore.script import Param, call_parse
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from .config import EvaluateSettings, Settings, SplitSettings, load_settings
+from .config import EvaluateSettings, Settings, SplitSettings, load_settings, settings_or_exit
 from .runs import stage_folder, stage_run, use_tracking
 from .records import DataContract, EvaluationResult, GateCheck, PromotionDecision, read_json, write_atomic, write_json
 from .ingest import redact
@@ -395,7 +395,7 @@ def mlops_reproduce(ref:Param("a model version, or the MLflow run id of the pipe
                     config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
                    ):
     "Rebuild a registered model from its recorded data, settings and parameters, and say whether it matches."
-    settings = load_settings(config)
+    settings = settings_or_exit(config)
     result = reproduce(settings, find_version(settings, ref))
     print(f"v{result['version']} (data {result['data_digest'][:12]}): rebuilt model "
           f"{'matches' if result['matches'] else 'DOES NOT match'}: largest prediction difference {result['max_abs_difference']:.3g}, "

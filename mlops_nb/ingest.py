@@ -312,8 +312,8 @@ def mlops_data(command:Param("`list` the stored data versions, or `diff` two of 
                config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
               ):
     "List the data versions (snapshots) or show how two of them differ."
-    from mlops_nb.config import load_settings
-    settings = load_settings(config)
+    from mlops_nb.config import settings_or_exit
+    settings = settings_or_exit(config)
     store = settings.snapshots_dir
     if command == "list":
         print(f"{'digest':<64}  {'rows':>10}  {'columns':>7}  {'created':<25}  source")

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from fastcore.script import Param, call_parse
 
-from .config import DataSettings, SourceSettings, SplitSettings, load_settings
+from .config import DataSettings, SourceSettings, SplitSettings, load_settings, settings_or_exit
 from .contract import free_name, sql_columns, sql_identifier, type_family
 from .ingest import SourceError, label_rows, read_source
 
@@ -202,6 +202,6 @@ def mlops_init(table:Param("the table: a CSV or Parquet file, or a glob of them"
     try: text, warnings = init_settings(table, target, time, split(id), split(ignore), uri)
     except (ValueError, SourceError) as e: raise SystemExit(f"mlops_init: {e}") from None
     Path(out).write_text(text)
-    load_settings(out, environ={})  # what was written reads back
+    settings_or_exit(out, environ={})  # what was written reads back
     for w in warnings: print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {out}: run `mlops_run --config {out}`, then `mlops_serve --config {out}`")

@@ -22,7 +22,7 @@ import polars as pl
 from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
-from .config import Settings, example_settings_file, load_settings
+from .config import Settings, example_settings_file, load_settings, settings_or_exit
 from .runs import log_to_console, save_settings
 from .records import RunLedger, read_json, write_json
 from .pipeline import RunLocked, StageFailed, Unreachable, run_pipeline
@@ -103,7 +103,7 @@ def mlops_schedule(config:str=None, # settings file (TOML); default: MLOPS_CONFI
     "Run monitoring and retraining on their cron schedules (or one job now with --once)."
     from apscheduler.schedulers.blocking import BlockingScheduler
     log_to_console()
-    settings = load_settings(config)
+    settings = settings_or_exit(config)
     if once:
         record = run_job(settings, once)
         print(json.dumps(record))
@@ -262,7 +262,7 @@ def mlops_replay(config:str=None, # settings file (TOML); default: MLOPS_CONFIG 
     "Replay 2013's second half through the server, the monitor and retraining; report the story."
     log_to_console()
     if not 2 <= first <= last <= 12: raise SystemExit("months must satisfy 2 <= first <= last <= 12")
-    result = replay(load_settings(config), Path(home), list(range(first, last + 1)))
+    result = replay(settings_or_exit(config), Path(home), list(range(first, last + 1)))
     for m in result["months"]:
         r = m.get("retrain") or {}
         roc = m["window"].get("roc_auc")

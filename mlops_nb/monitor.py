@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fastcore.script import call_parse
 from matplotlib.figure import Figure
 
-from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings
+from .config import AlertRule, MonitorSettings, Settings, SplitSettings, load_settings, settings_or_exit
 from .runs import log_to_console, retry
 from .records import read_json, write_json
 from .prepare import boundary, split_rows, transform_plan, usable_rows
@@ -310,7 +310,7 @@ def mlops_monitor(config:str=None, # settings file (TOML); default: MLOPS_CONFIG
                  ):
     "Check the logged predictions for drift and performance, window by window, raise the alerts they warrant, and write the report."
     log_to_console()
-    settings = load_settings(config)
+    settings = settings_or_exit(config)
     report = run_monitor(settings, Path(out_dir or settings.state/"monitor"/datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")))
     if report["status"] != "ok": print(report["status"]); return
     print(f"{report['window_rows']} predictions of v{report['model_version']} in window {report['window']}: "

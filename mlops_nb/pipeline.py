@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -26,15 +27,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 
-from .config import PipelineSettings, Settings, load_settings
+from .config import PipelineSettings, Settings, load_settings, settings_or_exit
 from .runner import execute_bounded, notebooks_dir
-from .runs import git_commit, log_to_console, retry, save_settings, sha256_file, use_tracking
+from .runs import end_orphaned_runs, git_commit, log_to_console, process_tags, retry, save_settings, sha256_file, use_tracking
 from .records import EvaluationResult, RetryRecord, RunLedger, SnapshotResult, StageRecord, StageResult, read_json, write_json
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable',
-           'is_transient', 'with_retries', 'package_versions', 'stage_outputs', 'run_pipeline', 'train_and_register',
-           'mlops_run', 'run_summaries', 'mlops_runs']
+           'is_transient', 'with_retries', 'package_versions', 'stage_outputs', 'Terminated', 'run_pipeline',
+           'train_and_register', 'mlops_run', 'run_summaries', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -203,10 +204,23 @@ def _start_parent_run(settings:Settings, ledger:RunLedger):
     import mlflow
     use_tracking(settings)
     if ledger.mlflow_run_id: return mlflow.start_run(run_id=ledger.mlflow_run_id)
-    parent = mlflow.start_run(run_name=f"pipeline {ledger.run_id}", tags={"mlops_nb.run_id": ledger.run_id, "git_commit": ledger.git_commit})
+    parent = mlflow.start_run(run_name=f"pipeline {ledger.run_id}", tags={"mlops_nb.run_id": ledger.run_id, "git_commit": ledger.git_commit, **process_tags()})
     mlflow.log_dict(ledger.settings, "settings.json")
     mlflow.log_params({"run_id": ledger.run_id, "n_trials": settings.tune.n_trials, "sample_every": settings.data.sample_every})
     return parent
+
+class Terminated(BaseException):
+    "SIGTERM reached the run (a `BaseException`, as `KeyboardInterrupt` is: no retry or `except Exception` swallows it)."
+
+@contextmanager
+def _killed_if_stopped():
+    "End the active MLflow run (the pipeline's) KILLED, not FAILED, when the run is stopped by SIGTERM or Ctrl-C."
+    try: yield
+    except (Terminated, KeyboardInterrupt):
+        import mlflow
+        try: mlflow.end_run("KILLED")
+        except Exception as e: log.warning("the pipeline's MLflow run could not be ended KILLED: %s", e)
+        raise
 
 def _run_stages(settings:Settings, run_id:str, previous:RunLedger|None=None, retries:list[RetryRecord]|None=None) -> RunLedger:
     import mlflow
@@ -216,7 +230,7 @@ def _run_stages(settings:Settings, run_id:str, previous:RunLedger|None=None, ret
     def track(call): return with_retries(call, "tracking store", p, ledger.retries)
     show = _progress_on(p.progress)
     parent = track(lambda: _start_parent_run(settings, ledger))
-    with parent, tqdm(total=len(STAGES), desc=f"run {run_id}", unit="stage", disable=not show) as bar:
+    with parent, _killed_if_stopped(), tqdm(total=len(STAGES), desc=f"run {run_id}", unit="stage", disable=not show) as bar:
         ledger.mlflow_run_id = parent.info.run_id
         for i, (stage, output) in enumerate(STAGES.items(), 1):
             bar.set_postfix_str(stage)
@@ -268,7 +282,13 @@ def run_pipeline(settings:Settings, run_id:str|None=None, resume:bool=False) -> 
         with_retries(lambda: held.enter_context(run_lock(settings, run_id)), "run lock", settings.pipeline, retries)
         previous = _previous_ledger(settings, run_id) if resume else None
         if previous: settings = load_settings(Path(previous.run_dir)/"settings.json")  # the run goes on as it started
-        return _run_stages(settings, run_id, previous, retries)
+        with_retries(lambda: end_orphaned_runs(settings, locked=True), "tracking store", settings.pipeline, retries)  # a dead run's
+        try: return _run_stages(settings, run_id, previous, retries)
+        except Unreachable: raise  # the store is down: the next run ends what this one left RUNNING
+        except BaseException:  # a stage failed, timed out (its kernel killed), or SIGTERM: its runs left RUNNING end KILLED
+            try: end_orphaned_runs(settings, locked=True)
+            except Exception as e: log.warning("MLflow runs left RUNNING by this run stay so until the next run: %s", e)
+            raise
 
 # %% ../nbs/08_pipeline.ipynb #8ef59b39
 def train_and_register(settings:Settings, run_dir:Path) -> EvaluationResult:
@@ -281,6 +301,8 @@ def train_and_register(settings:Settings, run_dir:Path) -> EvaluationResult:
     return evaluate_stage(settings, run_dir)
 
 # %% ../nbs/08_pipeline.ipynb #ccd748e2
+def _terminate(signum, frame): raise Terminated("SIGTERM")
+
 @call_parse
 def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
               run_id:str=None, # the run's id; default: the time and a random suffix
@@ -288,8 +310,13 @@ def mlops_run(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or 
              ):
     "Run the pipeline: ingest, EDA, clean, tune and evaluate, as executed notebooks."
     log_to_console()
+    settings = settings_or_exit(config)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        with logging_redirect_tqdm(): ledger = run_pipeline(load_settings(config), resume or run_id, resume=bool(resume))
+        with logging_redirect_tqdm(): ledger = run_pipeline(settings, resume or run_id, resume=bool(resume))
+    except Terminated:
+        log.error("run stopped by SIGTERM: its MLflow runs are ended KILLED; --resume continues it")
+        raise SystemExit(128 + signal.SIGTERM)
     except (FileNotFoundError, ValueError, RunLocked) as e:
         log.error("not started: %s", e)
         raise SystemExit(2)
@@ -319,7 +346,7 @@ def mlops_runs(run_id:str=None, # show this run's stages; default: list the rece
                last:int=20, # how many runs to list
               ):
     "List the recent pipeline runs, or show one."
-    settings = load_settings(config)
+    settings = settings_or_exit(config)
     if run_id is None:
         rows = run_summaries(settings, last)
         if not rows: return print(f"no runs in {settings.runs_dir}")

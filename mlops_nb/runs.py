@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'save_settings', 'git_commit', 'stage_folder', 'sha256_file', 'log_to_console', 'stage_run_dir', 'retry',
-           'use_tracking', 'stage_run']
+           'use_tracking', 'process_tags', 'stage_run', 'end_orphaned_runs']
 
 # %% ../nbs/00_runs.ipynb #29b36855
 def save_settings(settings:Settings, path:str|Path) -> Path:
@@ -107,14 +109,59 @@ def use_tracking(settings:Settings) -> str:
     _tracking.update(target=target, experiment_id=exp_id)
     return exp_id
 
+def process_tags() -> dict:
+    "Tags naming the process that starts an MLflow run, so that a run it leaves RUNNING when it dies can be told from a live one."
+    return {"mlops_nb.pid": str(os.getpid()), "mlops_nb.host": socket.gethostname()}
+
 @contextmanager
 def stage_run(settings:Settings, # where MLflow tracks
               stage:str, # run name, e.g. "01_ingest"
               parent_run_id:str="", # the pipeline's run; empty for a standalone stage
              ):
-    "An MLflow run for one stage, nested under the pipeline's run when there is one."
+    "An MLflow run for one stage, nested under the pipeline's run when there is one; it ends FAILED if the stage raises."
     import mlflow
     use_tracking(settings)
-    tags = {"mlops_nb.stage": stage}
+    tags = {"mlops_nb.stage": stage, **process_tags()}
     with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id or None, tags=tags) as run:
         yield run
+
+# %% ../nbs/00_runs.ipynb #ff65f94d
+def _alive(run) -> bool|None:
+    "Whether the process that started `run` still runs; None when that is unknown (no process recorded, or another host's)."
+    import psutil
+    pid, host = run.data.tags.get("mlops_nb.pid", ""), run.data.tags.get("mlops_nb.host")
+    if not pid.isdigit() or host != socket.gethostname(): return None
+    return psutil.pid_exists(int(pid))
+
+def _lineage(client, run, known:dict) -> list:
+    "`run`, its parent, the parent's parent...: the runs it is nested in."
+    chain = [run]
+    while (parent := chain[-1].data.tags.get("mlflow.parentRunId")) and len(chain) < 10:
+        if parent not in known:
+            try: known[parent] = client.get_run(parent)
+            except Exception: break  # deleted
+        chain.append(known[parent])
+    return chain
+
+def end_orphaned_runs(settings:Settings, # whose tracking store and experiment are searched
+                      locked:bool=False, # the caller holds the run lock: no pipeline run is live, so a RUNNING run of one is orphaned
+                     ) -> list[str]:
+    "End KILLED every run of the experiment still RUNNING although the process that ran it is gone; their ids, named in one log line."
+    import mlflow
+    experiment = use_tracking(settings)
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    running, token = [], None
+    while True:
+        page = client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=1000, page_token=token)
+        running += page
+        if not (token := page.token): break
+    known, orphans = {r.info.run_id: r for r in running}, []
+    for run in running:
+        chain = _lineage(client, run, known)
+        alive = [_alive(r) for r in chain]
+        in_pipeline = any("mlops_nb.run_id" in r.data.tags for r in chain)
+        if False in alive or (locked and in_pipeline and True not in alive): orphans.append(run)
+    for run in orphans: client.set_terminated(run.info.run_id, "KILLED")
+    if orphans: log.warning("%d MLflow runs left RUNNING by a process that is gone, now KILLED: %s", len(orphans),
+                            ", ".join(f"{r.info.run_name} ({r.info.run_id})" for r in orphans))
+    return [r.info.run_id for r in orphans]

@@ -242,14 +242,14 @@ def mlops_tune_worker(run_dir:str, # the pipeline run whose study to join
                       threads:int=1, # XGBoost threads of this worker: start one worker per core
                      ):
     "Join a pipeline run's Optuna study and run trials until it has enough."
-    from mlops_nb.config import load_settings
+    from mlops_nb.config import settings_or_exit
     log_to_console()
     run_dir = Path(run_dir)
     deadline = time.time() + wait
     while not (run_dir/"clean"/"transform.json").exists():
         if time.time() > deadline: raise SystemExit(f"{run_dir}: no clean stage output after {wait:g} s")
         time.sleep(1)
-    settings = load_settings(run_dir/"settings.json")
+    settings = settings_or_exit(run_dir/"settings.json")
     if not settings.tune.storage: raise SystemExit("mlops_tune_worker needs tune.storage: a database every worker reaches")
     tune = msgspec.structs.replace(settings.tune, threads=threads)
     spec = load_transform(run_dir)
