@@ -148,6 +148,7 @@ class ServeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_keys: list[str] = msgspec.field(default_factory=list)  # when set, /predict and /feedback need `X-API-Key`
     log_queue: int = 10_000  # requests waiting to be logged; beyond it their rows are counted as dropped, never waited for
     log_batch_seconds: float = 0.05  # the inference log writes at most this long after a prediction (short writes: short pauses)
+    log_durability: Literal["batched", "sync"] = "batched"  # batched: answers leave before their rows are written (a SIGKILL loses the last batch window); sync: only after they are committed
 
 
 # %% ../nbs/00_config.ipynb #73d60490

@@ -20,6 +20,8 @@ import polars as pl
 import sqlalchemy as sa
 from fastcore.basics import patch
 
+from .records import write_atomic
+
 # %% auto #0
 __all__ = ['log', 'PREDICTIONS', 'FEEDBACK', 'store_engine', 'InferenceLog', 'read_inference_log', 'read_feedback',
            'labelled_predictions']
@@ -45,8 +47,8 @@ FEEDBACK = sa.Table("feedback", _meta,
     sa.Column("label", sa.Integer, nullable=False),
     sa.Column("time", sa.String(40), nullable=False))
 
-def store_engine(url:str) -> sa.Engine:
-    "An engine for the inference log at `url` (sqlite:///file or postgresql://...), its tables created."
+def store_engine(url:str, durable:bool=False) -> sa.Engine:
+    "An engine for the inference log at `url` (sqlite:///file or postgresql://...), its tables created; `durable`: SQLite syncs each commit to the disk."
     if url.startswith("postgresql://"): url = url.replace("postgresql://", "postgresql+psycopg://", 1)  # the driver installed
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,7 @@ def store_engine(url:str) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _wal(dbapi_connection, _):
             dbapi_connection.execute("pragma journal_mode=wal")
-            dbapi_connection.execute("pragma synchronous=normal")  # WAL's own advice: no fsync per commit, still never corrupt
+            dbapi_connection.execute(f"pragma synchronous={'full' if durable else 'normal'}")  # normal, WAL's own advice: a commit survives the process, not the machine
     else: engine = sa.create_engine(url, pool_pre_ping=True)
     _meta.create_all(engine)
     return engine
@@ -97,27 +99,33 @@ _FLUSH = object()
 class InferenceLog:
     "Predictions and feedback, queued by the server and written in batches by a thread of their own."
     def __init__(self, url:str, spool:str|Path|None=None, max_queue:int=10_000, batch_seconds:float=0.05,
-                 on_error:Callable[[], None]=lambda: None, on_drop:Callable[[int], None]=lambda n: None):
+                 on_error:Callable[[], None]=lambda: None, on_drop:Callable[[int], None]=lambda n: None,
+                 durable:bool=False, # a commit is synced to the disk (SQLite); the server's "sync" durability sets it
+                ):
         self.url, self.spool = url, Path(spool) if spool else None
-        self.engine = store_engine(url)
+        self.engine = store_engine(url, durable)
         self.queue: deque = deque()  # appending to a deque takes no lock: the request path stays cheap
         self.max_queue, self.batch_seconds, self.on_error, self.on_drop = max_queue, batch_seconds, on_error, on_drop
         self.errors = self.dropped = 0
         self.recent: OrderedDict[str, int] = OrderedDict()  # request id -> rows, for checking feedback
         self._pending: list[tuple[str, tuple]] = self._read_spool()  # (table, row in its columns' order)
+        self._spooled = len(self._pending)  # the first pending records are the spool file's: it goes once they are committed
+        self._waiting: list[Callable[[bool], None]] = []  # told once the pending records are committed (True) or given up (False)
         self._inserts = {t: _insert_sql(self.engine, t) for t in _COLUMNS}
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def append(self, request_id:str, model_version:str, inputs:pl.DataFrame|dict[str, list], proba:np.ndarray, labels:np.ndarray) -> bool:
+    def append(self, request_id:str, model_version:str, inputs:pl.DataFrame|dict[str, list], proba:np.ndarray, labels:np.ndarray,
+               on_commit:Callable[[bool], None]|None=None, # called from the writer once the rows are committed (True) or given up (False)
+              ) -> bool:
         "Queue one request's rows (a frame, or one list per column) and predictions; False (and counted) when the queue is full."
         self._remember(request_id, len(proba))
-        return self._put(("prediction", (request_id, time.time(), model_version, inputs, proba, labels)), len(proba))
+        return self._put(("prediction", (request_id, time.time(), model_version, inputs, proba, labels), on_commit), len(proba))
 
-    def add_feedback(self, request_id:str, row:int, label:int) -> bool:
+    def add_feedback(self, request_id:str, row:int, label:int, on_commit:Callable[[bool], None]|None=None) -> bool:
         "Queue the true label of one predicted row."
-        return self._put(("feedback", (request_id, row, label, _utc_now())), 1)
+        return self._put(("feedback", (request_id, row, label, _utc_now()), on_commit), 1)
 
     def rows_of(self, request_id:str) -> int:
         "How many rows the request `request_id` had; 0 when it is unknown."
@@ -128,7 +136,7 @@ class InferenceLog:
     def flush(self, timeout:float=10.0) -> bool:
         "Wait until everything queued so far is written; False if the store did not take it in time."
         done = threading.Event()
-        self.queue.append((_FLUSH, done))
+        self.queue.append((_FLUSH, done, None))
         self._wake.set()
         return done.wait(timeout)
 
@@ -149,6 +157,7 @@ class InferenceLog:
             self.on_drop(rows)
             return False
         self.queue.append(item)
+        if item[2]: self._wake.set()  # someone waits for the commit: the writer goes now, taking whatever else is queued (group commit)
         return True
 
 # %% ../nbs/04b_inference_log.ipynb #c13851d7
@@ -164,13 +173,14 @@ def _run(self:InferenceLog):
         if self._pending:
             try:
                 self._write(self._pending)
-                self._pending, failures = [], 0
+                self._committed()
+                failures = 0
             except Exception as e:
                 failures += 1
                 self.errors += 1
                 self.on_error()
                 log.error("inference log: writing %d records failed (attempt %d): %s", len(self._pending), failures, e)
-                if stopping and failures >= 3: return self._write_spool()
+                if stopping and failures >= 3: return self._give_up()
                 self._stop.wait(min(0.1*2**failures, 5.0))  # a close cuts the pause short
                 continue
         for done in flushes: done.set()
@@ -181,12 +191,23 @@ def _run(self:InferenceLog):
 def _take(self:InferenceLog, flushes:list):
     "Move what is queued into the pending records."
     while self.queue:
-        kind, payload = self.queue.popleft()
+        kind, payload, on_commit = self.queue.popleft()
         if kind is _FLUSH: flushes.append(payload)
         else:
+            if on_commit: self._waiting.append(on_commit)
             built = len(self._pending)
             self._pending.extend(_records(kind, payload))
             if built // _CHUNK != len(self._pending) // _CHUNK: time.sleep(0)  # lets the request threads have the GIL
+
+@patch
+def _committed(self:InferenceLog):
+    "The pending records are in the store: the spool file they came from goes, whoever waited is told."
+    if self._spooled:
+        self.spool.unlink(missing_ok=True)
+        log.info("inference log: the %d records of the spool file are written; the file is removed", self._spooled)
+    self._pending, self._spooled = [], 0
+    for told in self._waiting: told(True)
+    self._waiting.clear()
 
 @patch
 def _write(self:InferenceLog, records:list[tuple[str, tuple]]):
@@ -199,21 +220,22 @@ def _write(self:InferenceLog, records:list[tuple[str, tuple]]):
 
 # %% ../nbs/04b_inference_log.ipynb #b39616f7
 @patch
-def _write_spool(self:InferenceLog):
+def _give_up(self:InferenceLog):
+    "The store is still down at close: every pending record, the spool file's own among them, replaces the spool file at once."
     self._take([])
-    if not self.spool:
-        log.error("inference log: %d records lost: the store is down and no spool file is set", len(self._pending))
-        return
-    self.spool.parent.mkdir(parents=True, exist_ok=True)
-    with self.spool.open("a") as f:
-        for kind, r in self._pending: f.write(json.dumps({"kind": kind, "record": dict(zip(_COLUMNS[kind], r))}) + "\n")
-    log.warning("inference log: the store is down; %d records kept in %s until the next start", len(self._pending), self.spool)
+    kept = bool(self.spool)
+    if kept:
+        lines = [json.dumps({"kind": kind, "record": dict(zip(_COLUMNS[kind], r))}) + "\n" for kind, r in self._pending]
+        write_atomic(self.spool, "".join(lines))
+        log.warning("inference log: the store is down; %d records kept in %s until the next start", len(self._pending), self.spool)
+    else: log.error("inference log: %d records lost: the store is down and no spool file is set", len(self._pending))
+    for told in self._waiting: told(kept)
+    self._waiting.clear()
 
 @patch
 def _read_spool(self:InferenceLog) -> list[tuple[str, tuple]]:
     if not self.spool or not self.spool.exists(): return []
     lines = [json.loads(l) for l in self.spool.read_text().splitlines() if l.strip()]
-    self.spool.unlink()  # the records are pending now; if the store is still down, close() spools them again
     log.info("inference log: %d records from the spool file will be written first", len(lines))
     return [(l["kind"], tuple(l["record"][c] for c in _COLUMNS[l["kind"]])) for l in lines]
 

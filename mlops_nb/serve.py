@@ -19,7 +19,7 @@ from collections import deque
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import anyio
 import asyncio
@@ -38,7 +38,7 @@ from litestar.openapi.spec import Components, Example, OpenAPIMediaType, Operati
 from litestar.params import FromQuery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .config import Settings, load_settings
+from .config import Settings, settings_or_exit
 from .runs import log_to_console
 from .prepare import MatrixPlan, apply_transform
 from .contract import find_broken_rows
@@ -399,7 +399,7 @@ class Server:
         m = self.metrics
         self.inference_log = InferenceLog(self.settings.inference_log_url, spool=self.settings.state/"inference_spool.jsonl",
                                           max_queue=self.s.log_queue, batch_seconds=self.s.log_batch_seconds,
-                                          on_error=m.log_errors.inc, on_drop=m.log_dropped.inc)
+                                          on_error=m.log_errors.inc, on_drop=m.log_dropped.inc, durable=self.s.log_durability == "sync")
 
     def check_api_key(self, request:Request):
         if self.s.api_keys and not any(_same_secret(request.headers.get("x-api-key", ""), k) for k in self.s.api_keys):
@@ -537,6 +537,12 @@ def _feedback(body:bytes) -> Feedback:
     except UnicodeDecodeError: raise RequestError(400, "the body is not UTF-8 text, as JSON must be", "validation") from None
     except msgspec.DecodeError as e: raise RequestError(400, f"invalid feedback: {e}", "validation") from None
 
+def _check_feedback(server:Server, data:Feedback):
+    "A `RequestError` unless the feedback names a row the server predicted."
+    rows = server.inference_log.rows_of(data.request_id)
+    if not rows: raise RequestError(404, f"unknown request_id {_short(data.request_id)}", "not_found")
+    if data.row >= rows: raise RequestError(400, f"request {_short(data.request_id)} had {rows} rows; row {data.row} does not exist", "validation")
+
 class _FeedbackOperation(Operation):
     "The feedback body in the OpenAPI document (the handler decodes it itself, after the API key)."
     def to_schema(self) -> dict:
@@ -565,12 +571,28 @@ async def _predict(server:Server, request:Request, explain:bool, features:bool) 
         async with asyncio.timeout(server.s.timeout_seconds): out = await server.batcher.predict(served, columns, explain, features)
     except TimeoutError: raise RequestError(504, f"the prediction took longer than {server.s.timeout_seconds} s", "timeout") from None
     finally: server.in_flight -= 1
-    return _answer(server, served, columns, out)
-
-def _answer(server:Server, served:Served, columns:dict[str, list], out:dict) -> Response:
-    b, proba, labels = served.bundle, out["proba"], out["labels"]
     request_id = server.next_request_id()
-    server.inference_log.append(request_id, b.version, columns, proba, labels)
+    await _logged(server, lambda told: server.inference_log.append(request_id, served.bundle.version, columns, out["proba"], out["labels"], told))
+    return _answer(server, served, request_id, out)
+
+async def _logged(server:Server, put:Callable[[Callable|None], bool]) -> None:
+    "Queue a record with `put`; with \"sync\" durability, return only once it is committed, or refuse with 503: nothing is answered unrecorded."
+    if server.s.log_durability != "sync":
+        put(None)  # a full queue counts the rows as dropped; the answer does not wait
+        return
+    loop = asyncio.get_running_loop()
+    committed = loop.create_future()
+    def told(ok:bool): loop.call_soon_threadsafe(lambda: committed.done() or committed.set_result(ok))
+    ok = put(told)
+    if ok:
+        try:
+            async with asyncio.timeout(server.s.timeout_seconds): ok = await committed
+        except TimeoutError: ok = False
+    if not ok: raise RequestError(503, f"the inference log could not record the answer within {server.s.timeout_seconds} s, and sync durability "
+                                  "answers nothing unrecorded: try again", "log_unavailable", headers={"Retry-After": "1"})
+
+def _answer(server:Server, served:Served, request_id:str, out:dict) -> Response:
+    b, proba, labels = served.bundle, out["proba"], out["labels"]
     labels = labels.tolist()
     server.metrics.predicted(labels)
     contributions = out.get("contributions") or [None]*len(labels)
@@ -634,13 +656,8 @@ def _endpoints(server:Server) -> list:
         "The true label of a predicted row, for monitoring accuracy on live traffic."
         server.check_api_key(request)  # before the body is read
         data = _feedback(await request.body())
-        return await anyio.to_thread.run_sync(lambda: _record_feedback(server, data))
-
-    def _record_feedback(server:Server, data:Feedback) -> dict[str, str|int]:
-        rows = server.inference_log.rows_of(data.request_id)
-        if not rows: raise RequestError(404, f"unknown request_id {_short(data.request_id)}", "not_found")
-        if data.row >= rows: raise RequestError(400, f"request {_short(data.request_id)} had {rows} rows; row {data.row} does not exist", "validation")
-        server.inference_log.add_feedback(data.request_id, data.row, int(data.label))
+        await anyio.to_thread.run_sync(lambda: _check_feedback(server, data))  # may ask the store
+        await _logged(server, lambda told: server.inference_log.add_feedback(data.request_id, data.row, int(data.label), told))
         return {"request_id": data.request_id, "row": data.row, "label": int(data.label), "status": "accepted"}
 
     @get("/health")
@@ -735,6 +752,6 @@ def mlops_serve(config:str=None, # settings file (TOML); default: MLOPS_CONFIG o
     "Serve the registered champion over HTTP, following its alias."
     import uvicorn
     log_to_console()
-    settings = load_settings(config)
+    settings = settings_or_exit(config)
     uvicorn.run(create_app(settings), host=host or settings.serve.host, port=port or settings.serve.port,
                 log_level="info", access_log=False, timeout_graceful_shutdown=settings.serve.timeout_seconds + 10)

@@ -5,12 +5,16 @@ Tests marked `slow` (replays, fault injection, scale-out, load, the browser) run
 only; `make test` runs the rest."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -93,3 +97,51 @@ def trained(project):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "registered v1" in result.stdout
     return {**ledger_of(project, "first"), "console": result.stderr}
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    "A registry holding two versions of the model, v1 the champion; the settings file and a few request rows. Tests that move the alias or change a version put it back."
+    import mlflow
+    from mlops_nb.config import standalone_settings
+    from mlops_nb.ingest import read_snapshot
+    from mlops_nb.pipeline import train_and_register
+    from mlops_nb.registry import champion_version, load_bundle
+    from mlops_nb.runs import save_settings, stage_run_dir, use_tracking
+    settings = standalone_settings()
+    train_and_register(settings, stage_run_dir(settings))
+    train_and_register(settings, stage_run_dir(settings))
+    use_tracking(settings)
+    versions = sorted(str(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{settings.model_name}'"))
+    assert versions == ["1", "2"] and champion_version(settings) == "1"
+    champion = load_bundle(settings, alias="champion")
+    rows = (read_snapshot({"path": settings.snapshots_dir/f"{champion.data_digest}.parquet"})
+            .select(list(champion.spec.inputs)).tail(1000).to_dicts())
+    path = save_settings(settings, tmp_path_factory.mktemp("serve")/"settings.json")
+    return settings, path, rows
+
+
+class ServerProcess:
+    "`mlops_serve` started as its own process on a free port."
+    def __init__(self, config:Path, ready:bool=True, **env):
+        "Start it and wait until /ready answers 200 (or, not `ready`, until it listens)."
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = clean_environ(**env)
+        self.proc = subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(self.port)],
+                                     env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True).start()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.proc.poll() is None, "".join(self.output)
+            try:
+                if httpx.get(f"{self.url}/ready" if ready else f"{self.url}/health", timeout=1).status_code == 200: return
+            except httpx.TransportError: pass
+            time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"the server did not become {'ready' if ready else 'alive'} within 120 s:\n" + "".join(self.output))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None: self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)

@@ -8,63 +8,15 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
 
-from conftest import BIN, clean_environ, free_port, postgres_url
-from mlops_nb.config import standalone_settings
-from mlops_nb.runs import save_settings, stage_run_dir, use_tracking
-from mlops_nb.pipeline import train_and_register
-from mlops_nb.registry import champion_version, load_bundle
+from conftest import BIN, ServerProcess, free_port, postgres_url
 from mlops_nb.inference_log import read_inference_log
-from mlops_nb.ingest import read_snapshot
 
 LOAD_SECONDS = float(os.environ.get("MLOPS_TEST_LOAD_SECONDS", "20"))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    "A registry holding two versions of the model, v1 the champion; the settings file and a few request rows."
-    settings = standalone_settings()
-    train_and_register(settings, stage_run_dir(settings))
-    train_and_register(settings, stage_run_dir(settings))
-    use_tracking(settings)
-    versions = sorted(str(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{settings.model_name}'"))
-    assert versions == ["1", "2"] and champion_version(settings) == "1"
-    champion = load_bundle(settings, alias="champion")
-    rows = (read_snapshot({"path": settings.snapshots_dir/f"{champion.data_digest}.parquet"})
-            .select(list(champion.spec.inputs)).tail(1000).to_dicts())
-    path = save_settings(settings, tmp_path_factory.mktemp("serve")/"settings.json")
-    return settings, path, rows
-
-
-class Process:
-    "`mlops_serve` started as its own process on a free port."
-    def __init__(self, config:Path, ready:bool=True, **env):
-        "Start it and wait until /ready answers 200 (or, not `ready`, until it listens)."
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = clean_environ(**env)
-        self.proc = subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(self.port)],
-                                     env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.output: list[str] = []
-        threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True).start()
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert self.proc.poll() is None, "".join(self.output)
-            try:
-                if httpx.get(f"{self.url}/ready" if ready else f"{self.url}/health", timeout=1).status_code == 200: return
-            except httpx.TransportError: pass
-            time.sleep(0.3)
-        self.stop()
-        pytest.fail(f"the server did not become {'ready' if ready else 'alive'} within 120 s:\n" + "".join(self.output))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None: self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
 
 
 def _metric(text:str, name:str) -> float:
@@ -84,7 +36,7 @@ def _wait_for_in_flight(url:str, received:int) -> int:
 
 def test_schemathesis_finds_no_server_error_and_no_broken_response(registry, tmp_path):
     settings, path, _ = registry
-    server = Process(path, MLOPS_SERVE__ADMIN_TOKEN="secret")
+    server = ServerProcess(path, MLOPS_SERVE__ADMIN_TOKEN="secret")
     try:
         result = subprocess.run([str(BIN/"st"), "run", f"{server.url}/schema/openapi.json",
                                  "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
@@ -99,7 +51,7 @@ def test_schemathesis_finds_no_server_error_and_no_broken_response(registry, tmp
 def test_fifty_clients_while_the_champion_moves_ten_times(registry):
     "No failed request, and every answer names a version that was champion during the test."
     settings, path, rows = registry
-    server = Process(path, MLOPS_SERVE__POLL_SECONDS="0.5")
+    server = ServerProcess(path, MLOPS_SERVE__POLL_SECONDS="0.5")
     client = mlflow.MlflowClient()
     champions, answers, failures, stop = {"1"}, [], [], threading.Event()
 
@@ -138,7 +90,7 @@ def test_sigterm_under_load_loses_no_request_and_the_log_survives_a_restart(regi
     settings, path, rows = registry
     log_url = f"sqlite:///{tmp_path/'inference.db'}"
     env = {"MLOPS_INFERENCE_LOG": log_url, "MLOPS_SERVE__THREADS": "1", "MLOPS_SERVE__TIMEOUT_SECONDS": "60"}
-    server = Process(path, **env)
+    server = ServerProcess(path, **env)
     answered, connected = [], threading.Barrier(21)
 
     def big_request():
@@ -160,7 +112,7 @@ def test_sigterm_under_load_loses_no_request_and_the_log_survives_a_restart(regi
     assert in_flight > 0 and sum(t > sigterm_at for t, _, _ in answered) >= in_flight
     first_ids = {rid for _, _, rid in answered}
 
-    restarted = Process(path, **env)
+    restarted = ServerProcess(path, **env)
     try:
         more = [httpx.post(f"{restarted.url}/predict", json={"rows": rows[:5]}, timeout=30).json()["request_id"] for _ in range(10)]
     finally: assert restarted.stop() in (0, -signal.SIGTERM)
@@ -173,7 +125,7 @@ def test_sigterm_under_load_loses_no_request_and_the_log_survives_a_restart(regi
 def test_feedback_is_stored_beside_the_prediction(registry, tmp_path):
     settings, path, rows = registry
     log_url = f"sqlite:///{tmp_path/'inference.db'}"
-    server = Process(path, MLOPS_INFERENCE_LOG=log_url, MLOPS_SERVE__API_KEYS='["k1"]')
+    server = ServerProcess(path, MLOPS_INFERENCE_LOG=log_url, MLOPS_SERVE__API_KEYS='["k1"]')
     try:
         assert httpx.post(f"{server.url}/predict", json={"rows": rows[:2]}).status_code == 401
         answer = httpx.post(f"{server.url}/predict", json={"rows": rows[:2]}, headers={"X-API-Key": "k1"}).json()
@@ -220,7 +172,7 @@ def test_the_server_listens_at_once_and_says_why_no_model_is_ready(registry):
     silent = socket.create_server(("127.0.0.1", 0))  # takes connections and never answers
     auth = {"Authorization": "Bearer secret"}
     started = time.monotonic()
-    server = Process(path, ready=False, MLOPS_TRACKING_URI=f"http://127.0.0.1:{silent.getsockname()[1]}",
+    server = ServerProcess(path, ready=False, MLOPS_TRACKING_URI=f"http://127.0.0.1:{silent.getsockname()[1]}",
                      MLOPS_SERVE__ADMIN_TOKEN="secret", MLOPS_SERVE__TIMEOUT_SECONDS="2")
     try:
         listening = time.monotonic() - started
@@ -236,7 +188,7 @@ def test_the_server_listens_at_once_and_says_why_no_model_is_ready(registry):
         assert "Application shutdown complete" in "".join(server.output), "".join(server.output)[-3000:]
     finally: server.stop(); silent.close()
     closed = free_port()  # nothing listens there
-    server = Process(path, ready=False, MLOPS_TRACKING_URI=f"http://127.0.0.1:{closed}", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    server = ServerProcess(path, ready=False, MLOPS_TRACKING_URI=f"http://127.0.0.1:{closed}", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     try:
         deadline = time.time() + 60
         while (ready := httpx.get(f"{server.url}/ready").json())["attempts"] == 0 and time.time() < deadline: time.sleep(0.2)
@@ -292,7 +244,7 @@ def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_log
 
 def test_overload_is_shed_with_503_and_slow_predictions_get_504(registry):
     settings, path, rows = registry
-    server = Process(path, MLOPS_SERVE__MAX_CONCURRENCY="2", MLOPS_SERVE__TIMEOUT_SECONDS="0.05", MLOPS_SERVE__THREADS="1")
+    server = ServerProcess(path, MLOPS_SERVE__MAX_CONCURRENCY="2", MLOPS_SERVE__TIMEOUT_SECONDS="0.05", MLOPS_SERVE__THREADS="1")
     try:
         def big_request(_):
             r = httpx.post(f"{server.url}/predict?explain=true", json={"rows": rows}, timeout=60)
