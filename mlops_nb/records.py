@@ -19,11 +19,14 @@ import msgspec
 
 # %% ../nbs/00_records.ipynb #309e419f
 def write_atomic(path:str|Path, data:bytes|str) -> Path:
-    "Write `data` to `path` through a temporary file in the same folder and a rename."
+    "Write `data` to `path` through a temporary file in the same folder, synced to the disk, and a rename: readers see the old file or the new one, whole."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f: f.write(data.encode() if isinstance(data, str) else data)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())  # else a crash of the machine soon after the rename can leave an empty file
     os.replace(tmp, path)
     return path
 
