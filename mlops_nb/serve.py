@@ -95,6 +95,8 @@ class RequestError(HTTPException):
         super().__init__(status_code=status, detail=detail, headers=headers)
         self.kind = kind
 
+def _not_utf8() -> RequestError: return RequestError(400, "the body is not UTF-8 text, as JSON must be", "validation")
+
 def _non_finite(body:bytes) -> list[str]:
     "Where a body that Python's lenient JSON reader accepts holds NaN or Infinity."
     try: doc = json.loads(body)
@@ -206,7 +208,7 @@ def columns(self:Served, body:bytes) -> dict[str, list]:
     "The request's values, one list per input column, or a `RequestError` naming the row and field at fault."
     if not body.strip(): raise RequestError(400, 'empty request body: send {"rows": [{...}]} or {"columns": {...}}', "validation")
     try: return iso_times(self._columns(self.strict.decode(body)), self.times)
-    except UnicodeDecodeError: raise RequestError(400, "the body is not UTF-8 text, as JSON must be", "validation") from None
+    except UnicodeDecodeError: raise _not_utf8() from None
     except msgspec.ValidationError as e: strict_error = str(e)  # a subclass of DecodeError: caught first
     except msgspec.DecodeError as e:
         where = _non_finite(body)
@@ -534,7 +536,7 @@ _feedback_decoder = msgspec.json.Decoder(Feedback)  # strict: "1" is not a label
 def _feedback(body:bytes) -> Feedback:
     "A feedback body, or a `RequestError` saying what is wrong with it."
     try: return _feedback_decoder.decode(body)
-    except UnicodeDecodeError: raise RequestError(400, "the body is not UTF-8 text, as JSON must be", "validation") from None
+    except UnicodeDecodeError: raise _not_utf8() from None
     except msgspec.DecodeError as e: raise RequestError(400, f"invalid feedback: {e}", "validation") from None
 
 def _check_feedback(server:Server, data:Feedback):

@@ -1,6 +1,7 @@
 """What the inference log keeps when the server is killed outright (SIGKILL) under load: with "sync"
 durability, every answered prediction; with "batched" (the default), all but those answered in the
 last moments before the kill: the batch window (`serve.log_batch_seconds`) and the write under way."""
+import subprocess
 import threading
 import time
 
@@ -53,3 +54,54 @@ def test_batched_durability_loses_only_the_last_batch_window_to_sigkill(registry
     assert len(answered) > 100, f"only {len(answered)} answers before the kill"
     print(f"batched: {len(lost)} of {len(answered)} answered predictions lost, answered at most {max(lost, default=0):.3f} s before the kill")
     assert max(lost, default=0) < BATCHED_WINDOW_SECONDS, f"{len(lost)} lost, the oldest answered {max(lost):.3f} s before the kill"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 2 MB file system of its own (tmpfs), unmounted afterwards; skipped where this user may not mount one."
+    folder = tmp_path/"disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0: pytest.skip(f"a full disk needs a small file system of its own, and mounting one failed: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(folder):
+    "Take every free byte of `folder`'s file system; the filler file."
+    filler = folder/"filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True: f.write(b"\0"*4096)
+        except OSError: pass  # no space left
+    return filler
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["batched", "sync"])
+def test_a_full_disk_never_fails_a_prediction_silently_and_loses_nothing_once_space_returns(registry, small_disk, durability):
+    "Batched: answers go on, errors are counted, the records wait and are written once space returns. Sync: 503 rather than an unrecorded answer."
+    _, path, rows = registry
+    log_url = f"sqlite:///{small_disk/'inference.db'}"
+    server = ServerProcess(path, MLOPS_INFERENCE_LOG=log_url, MLOPS_SERVE__LOG_DURABILITY=durability, MLOPS_SERVE__TIMEOUT_SECONDS="1")
+    try:
+        filler = _fill(small_disk)
+        answers = [httpx.post(f"{server.url}/predict", json={"rows": rows[:50]}, timeout=30) for _ in range(20 if durability == "batched" else 3)]
+        errors = _metric(httpx.get(f"{server.url}/metrics").text, "mlops_inference_log_errors_total")
+        filler.unlink()
+        time.sleep(7)  # the writer's longest pause between attempts is 5 s
+        answered = [a.json()["request_id"] for a in answers if a.status_code == 200]
+        if durability == "sync":
+            assert {a.status_code for a in answers} == {503} and "could not record" in answers[0].json()["detail"], answers[0].text
+            later = httpx.post(f"{server.url}/predict", json={"rows": rows[:50]}, timeout=30)
+            assert later.status_code == 200, later.text
+            answered = [later.json()["request_id"]]
+        else: assert len(answered) == 20
+        assert errors >= 1
+    finally: server.stop()
+    counts = dict(read_inference_log(log_url, last=10**6).group_by("request_id").len().iter_rows())
+    assert all(counts.get(rid) == 50 for rid in answered), {rid: counts.get(rid) for rid in answered}
+
+
+def _metric(text:str, name:str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
