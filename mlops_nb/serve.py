@@ -687,7 +687,9 @@ def _endpoints(server:Server) -> list:
         "Prometheus metrics."
         return generate_latest(server.metrics.registry)
 
-    @post("/admin/reload", status_code=200, security=[{"BearerToken": []}], responses=_errors(401, 403))
+    pending = ResponseSpec(data_container=dict[str, str|bool|None], generate_examples=False,
+                           description="the registry has not answered within the request timeout; the reload goes on")
+    @post("/admin/reload", status_code=200, security=[{"BearerToken": []}], responses={202: pending, **_errors(401, 403)})
     async def admin_reload(request:Request) -> Response[dict[str, str|bool|None]]:
         "Ask the registry for the alias now and swap in its version if it changed (retrying one that failed before); 202 when the registry has not answered within the request timeout (the reload goes on)."
         server.check_admin(request)
