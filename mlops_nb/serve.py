@@ -216,6 +216,8 @@ def columns(self:Served, body:bytes) -> dict[str, list]:
         raise RequestError(400, f"malformed JSON: {e}", "validation") from None
     try: loose = self.frame(self._columns(self.loose.decode(body)))
     except msgspec.ValidationError as e: raise RequestError(400, f"invalid request: {e}", "validation") from None
+    except msgspec.DecodeError as e:  # the strict reader stopped at a value out of range, before the JSON broke off
+        raise RequestError(400, f"malformed JSON: {e}", "validation") from None
     breaks = _contract_breaks(loose, self.bundle.contract)
     raise RequestError(422, "rows break the data contract: " + ("; ".join(breaks[:20]) if breaks else strict_error), "contract")
 

@@ -4,6 +4,7 @@ isolated project, free ports and PostgreSQL.
 Tests marked `slow` (replays, fault injection, scale-out, load, the browser) run in `make test-all`
 only; `make test` runs the rest."""
 import json
+import math
 import os
 import signal
 import socket
@@ -122,16 +123,16 @@ def registry(tmp_path_factory):
 
 
 class ServerProcess:
-    "`mlops_serve` started as its own process on a free port."
+    "`mlops_serve` started as its own process on a free port, each line of its console output kept with when it came."
     def __init__(self, config:Path, ready:bool=True, **env):
         "Start it and wait until /ready answers 200 (or, not `ready`, until it listens)."
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        environ = clean_environ(**env)
-        self.proc = subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(self.port)],
-                                     env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(self.port)], env=clean_environ(**env),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         self.output: list[str] = []
-        threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True).start()
+        self.stamps: list[float] = []  # when each line of output came
+        threading.Thread(target=self._read, daemon=True).start()
         deadline = time.time() + 120
         while time.time() < deadline:
             assert self.proc.poll() is None, "".join(self.output)
@@ -142,6 +143,24 @@ class ServerProcess:
         self.stop()
         pytest.fail(f"the server did not become {'ready' if ready else 'alive'} within 120 s:\n" + "".join(self.output))
 
+    def _read(self):
+        for line in self.proc.stdout:
+            self.stamps.append(time.time())
+            self.output.append(line)
+
+    def log(self, since:float=0.0, until:float=math.inf) -> str:
+        "Its console output, or the lines that came between `since` and `until`."
+        return "".join(line for t, line in zip(list(self.stamps), list(self.output)) if since <= t <= until)
+
+    def metric(self, name:str) -> float:
+        "The sum of the Prometheus series whose line starts with `name`, read from /metrics now."
+        return metric(httpx.get(f"{self.url}/metrics", timeout=10).text, name)
+
     def stop(self) -> int:
         if self.proc.poll() is None: self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
+
+
+def metric(text:str, name:str) -> float:
+    "The sum of the series in Prometheus `text` whose line starts with `name`."
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))

@@ -87,7 +87,7 @@ def test_a_full_disk_never_fails_a_prediction_silently_and_loses_nothing_once_sp
     try:
         filler = _fill(small_disk)
         answers = [httpx.post(f"{server.url}/predict", json={"rows": rows[:50]}, timeout=30) for _ in range(20 if durability == "batched" else 3)]
-        errors = _metric(httpx.get(f"{server.url}/metrics").text, "mlops_inference_log_errors_total")
+        errors = server.metric("mlops_inference_log_errors_total")
         filler.unlink()
         time.sleep(7)  # the writer's longest pause between attempts is 5 s
         answered = [a.json()["request_id"] for a in answers if a.status_code == 200]
@@ -101,7 +101,3 @@ def test_a_full_disk_never_fails_a_prediction_silently_and_loses_nothing_once_sp
     finally: server.stop()
     counts = dict(read_inference_log(log_url, last=10**6).group_by("request_id").len().iter_rows())
     assert all(counts.get(rid) == 50 for rid in answered), {rid: counts.get(rid) for rid in answered}
-
-
-def _metric(text:str, name:str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))

@@ -9,21 +9,18 @@ import math
 import multiprocessing
 import os
 import re
-import signal
 import socket
-import subprocess
 import threading
 import time
 import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings as fuzz_settings, strategies as st
 
-from conftest import BIN, EXAMPLE, clean_environ, free_port
+from conftest import EXAMPLE, ServerProcess
 
 EXAMPLES = int(os.environ.get("MLOPS_TEST_FUZZ_EXAMPLES", "10000"))  # cases per endpoint (issue 18: at least 10,000)
 API_KEY, ADMIN_TOKEN = "fuzz-key-7f3a", "fuzz-admin-c41d"
@@ -34,46 +31,11 @@ ENDPOINTS = {  # name: (method, path)
 INTERNAL = 'mlops_errors_total{kind="internal"}'
 
 
-class Server:
-    "`mlops_serve` as its own process on a free port, its console output kept (for the tracebacks of any 500)."
-    def __init__(self, config:Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(self.port)],
-                                     env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        self.output: list[tuple[float, str]] = []  # when each line came
-        threading.Thread(target=lambda: self.output.extend((time.time(), line) for line in self.proc.stdout), daemon=True).start()
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200: return
-            except httpx.TransportError: pass
-            time.sleep(0.3)
-        self.stop()
-        pytest.fail("the server did not become ready within 120 s:\n" + self.log())
-
-    def stop(self) -> int:
-        if self.proc.poll() is None: self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def log(self, since:float=0.0, until:float=math.inf) -> str:
-        return "".join(line for t, line in list(self.output) if since <= t <= until)
-
-    def internal_errors(self) -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(INTERNAL))
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(registry):
     "One server for the module, with API keys and an admin token; the valid bodies that the mutations start from."
-    from mlops_nb.config import standalone_settings  # here: the fuzzing processes import this module too, and need none of it
-    from mlops_nb.pipeline import train_and_register
-    from mlops_nb.runs import save_settings, stage_run_dir
-    settings = standalone_settings(serve={"api_keys": [API_KEY, "second-key"], "admin_token": ADMIN_TOKEN})
-    train_and_register(settings, stage_run_dir(settings))
-    server = Server(save_settings(settings, tmp_path_factory.mktemp("fuzz")/"settings.json"))
+    _, path, _ = registry
+    server = ServerProcess(path, MLOPS_SERVE__API_KEYS=json.dumps([API_KEY, "second-key"]), MLOPS_SERVE__ADMIN_TOKEN=ADMIN_TOKEN)
     try:
         document = httpx.get(f"{server.url}/schema/openapi.json").json()
         body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
@@ -300,7 +262,7 @@ def _shown(b:bytes, limit:int=600) -> str:
     return repr(b[:limit]) + (f"... ({len(b):,} bytes)" if len(b) > limit else "")
 
 
-def _traceback(server:Server, answer:bytes, sent:float, answered:float) -> tuple[str, str, str]:
+def _traceback(server:ServerProcess, answer:bytes, sent:float, answered:float) -> tuple[str, str, str]:
     """The server's log of the 500 in `answer` (found by the reference it names, else what was logged meanwhile): its traceback, the
     exception's type with the project's line that raised it (what tells one fault from another), and the exception."""
     reference, log = re.search(rb"internal error ([0-9a-f]{12})", answer), server.log()
@@ -364,7 +326,7 @@ def test_fuzzed_bytes_get_no_5xx(served, fuzzers, endpoint):
     "EXAMPLES (10,000) fuzzed requests to the endpoint: none is answered 5xx, the server lives on and counts no internal error."
     server, fields, bases = served
     pool, processes = fuzzers
-    internal_before = server.internal_errors()
+    internal_before = server.metric(INTERNAL)
     started = time.time()
     parts = [pool.submit(fuzz_part, endpoint, server.port, fields, bases[endpoint], math.ceil(EXAMPLES/processes), i) for i in range(processes)]
     results = [p.result() for p in parts]
@@ -390,4 +352,4 @@ def test_fuzzed_bytes_get_no_5xx(served, fuzzers, endpoint):
     assert httpx.get(f"{server.url}/health").status_code == 200
     valid = httpx.post(f"{server.url}/predict", content=bases["predict"][0], headers={"X-API-Key": API_KEY, "Content-Type": "application/json"})
     assert valid.status_code == 200 and valid.json()["predictions"], valid.text
-    assert server.internal_errors() == internal_before
+    assert server.metric(INTERNAL) == internal_before

@@ -13,14 +13,10 @@ import httpx
 import mlflow
 import pytest
 
-from conftest import BIN, ServerProcess, free_port, postgres_url
+from conftest import BIN, ServerProcess, free_port, metric, postgres_url
 from mlops_nb.inference_log import read_inference_log
 
 LOAD_SECONDS = float(os.environ.get("MLOPS_TEST_LOAD_SECONDS", "20"))
-
-
-def _metric(text:str, name:str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def _wait_for_in_flight(url:str, received:int) -> int:
@@ -28,7 +24,7 @@ def _wait_for_in_flight(url:str, received:int) -> int:
     deadline = time.time() + 60
     while time.time() < deadline:
         text = httpx.get(f"{url}/metrics").text
-        in_flight, answered = _metric(text, "mlops_predictions_in_flight"), _metric(text, 'mlops_requests_total{endpoint="predict"')
+        in_flight, answered = metric(text, "mlops_predictions_in_flight"), metric(text, 'mlops_requests_total{endpoint="predict"')
         if in_flight + answered >= received: return int(in_flight)
         time.sleep(0.02)
     pytest.fail(f"the server did not receive {received} predictions within 60 s")
@@ -160,7 +156,7 @@ def test_the_app_follows_the_alias_and_an_admin_reload_refuses_a_tampered_versio
             assert "integrity" in outcome["error"] and "model.ubj" in outcome["error"] and outcome["model_version"] == "2", outcome
             answer = app.post("/predict", json={"rows": rows[:1]})
             assert answer.status_code == 200 and answer.headers["x-model-version"] == "2"
-            assert _metric(app.get("/metrics").text, "mlops_model_reload_failures_total") >= 1  # the poll may have tried it too
+            assert metric(app.get("/metrics").text, "mlops_model_reload_failures_total") >= 1  # the poll may have tried it too
     finally:
         client.set_model_version_tag(name, "1", "files_sha256", recorded)
         client.set_registered_model_alias(name, "champion", "1")
@@ -198,7 +194,7 @@ def test_the_server_listens_at_once_and_says_why_no_model_is_ready(registry):
 
 
 def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_logged_500(registry):
-    "Bodies that are not UTF-8, numbers beyond 64 bits, NaN beside deep nesting, non-ASCII credentials, text labels, huge ids."
+    "Bodies that are not UTF-8, numbers beyond 64 bits, NaN beside deep nesting, a value out of range before the JSON breaks off, non-ASCII credentials, text labels, huge ids."
     import json as _json
     import logging
     import msgspec
@@ -212,6 +208,9 @@ def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_log
         ("/predict", _json.dumps({"columns": {**{c: [v] for c, v in row.items()}, "distance": [-2**64]}}).encode(), key, 400, "field 'distance'"),
         ("/predict", b'{"rows": [{"distance": NaN}], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", key, 400, "malformed JSON"),
         ("/predict", _json.dumps({"rows": [row]}).encode(), {"X-API-Key": "k\u00e9".encode()}, 401, "API key"),
+        ("/predict", b'{"rows":[{"engines":99', key, 400, "malformed JSON"),  # out of range, then cut short: found by tests/test_fuzz.py
+        ("/predict", b'{"rows":[{"engines":9223372036854775808', key, 400, "malformed JSON"),
+        ("/predict", b'{"columns":{"engines":[-1]', key, 400, "malformed JSON"),
         ("/feedback", b'{"request_id": "\xff", "label": 1}', key, 400, "not UTF-8"),
         ("/feedback", b'{"request_id": "abc", "label": "1"}', key, 400, "$.label"),
         ("/feedback", b'{"request_id": "abc", "label": 2}', key, 400, "$.label"),
@@ -239,7 +238,7 @@ def test_hostile_bytes_get_a_4xx_that_names_the_problem_and_the_unexpected_a_log
         reference = failed.json()["detail"].split()[2].rstrip(":")
         logging.getLogger("mlops_nb.serve").removeHandler(handler)
         assert any(reference in r.getMessage() and r.exc_info for r in logged), "the 500 is logged with its traceback"
-        assert _metric(app.get("/metrics").text, 'mlops_errors_total{kind="internal"}') == 1
+        assert metric(app.get("/metrics").text, 'mlops_errors_total{kind="internal"}') == 1
 
 
 def test_overload_is_shed_with_503_and_slow_predictions_get_504(registry):
