@@ -15,6 +15,7 @@ import pytest
 
 from conftest import BIN, ServerProcess, free_port, metric, postgres_url
 from mlops_nb.inference_log import read_inference_log
+from mlops_nb.runs import use_tracking
 
 LOAD_SECONDS = float(os.environ.get("MLOPS_TEST_LOAD_SECONDS", "20"))
 
@@ -48,6 +49,7 @@ def test_fifty_clients_while_the_champion_moves_ten_times(registry):
     "No failed request, and every answer names a version that was champion during the test."
     settings, path, rows = registry
     server = ServerProcess(path, MLOPS_SERVE__POLL_SECONDS="0.5")
+    use_tracking(settings)  # the registry is the session's: another module may have pointed MLflow elsewhere
     client = mlflow.MlflowClient()
     champions, answers, failures, stop = {"1"}, [], [], threading.Event()
 
@@ -140,6 +142,7 @@ def test_the_app_follows_the_alias_and_an_admin_reload_refuses_a_tampered_versio
     from mlops_nb.serve import app_client, create_app
     settings, _, rows = registry
     admin = msgspec.structs.replace(settings, serve=msgspec.structs.replace(settings.serve, admin_token="secret", poll_seconds=0.2))
+    use_tracking(settings)  # the registry is the session's: another module may have pointed MLflow elsewhere
     client, name = mlflow.MlflowClient(), settings.model_name
     recorded = client.get_model_version(name, "1").tags["files_sha256"]
     try:
