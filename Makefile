@@ -55,9 +55,15 @@ demo: venv
 	curl -sS --fail-with-body -H 'content-type: application/json' --data @examples/predict_request.json http://127.0.0.1:$(PORT)/predict; \
 	echo
 
-## lab: JupyterLab on the notebooks, with the project's kernel
+# NB: the folder or notebook Lab opens (a notebook opens with its folder in the file browser), e.g. a pipeline run's
+# executed notebooks: `make lab NB=runs/<run_id>` or `make lab NB=runs/<run_id>/03_clean.ipynb`. LAB_ARGS: more flags (as root: --allow-root).
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+NB ?= nbs
+
+## lab: JupyterLab on http://127.0.0.1:8888 (LAB_PORT) for the notebooks, or NB=<folder or notebook> such as a run's; new notebooks get the kernel "Python (mlops_nb)"
 lab: venv
-	$(BIN)/jupyter lab nbs
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --MappingKernelManager.default_kernel_name=mlops_nb $(LAB_ARGS) "$(NB)"
 
 ## bench: the benchmarks; each writes bench/results/<name>.json
 bench: venv
