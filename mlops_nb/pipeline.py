@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -28,14 +29,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 
 from .config import PipelineSettings, Settings, load_settings, settings_or_exit
-from .runner import execute_bounded, notebooks_dir
+from .runner import execute_bounded, failed_cell, notebooks_dir
 from .runs import end_orphaned_runs, git_commit, log_to_console, process_tags, retry, save_settings, sha256_file, use_tracking
 from .records import EvaluationResult, RetryRecord, RunLedger, SnapshotResult, StageRecord, StageResult, read_json, write_json
 
 # %% auto #0
 __all__ = ['log', 'STAGES', 'PACKAGES', 'StageFailed', 'new_run_id', 'execute_stage', 'RunLocked', 'run_lock', 'Unreachable',
            'is_transient', 'with_retries', 'package_versions', 'stage_outputs', 'Terminated', 'run_pipeline',
-           'train_and_register', 'mlops_run', 'run_summaries', 'mlops_runs']
+           'train_and_register', 'mlops_run', 'run_summaries', 'where_it_failed', 'mlops_runs']
 
 # %% ../nbs/08_pipeline.ipynb #f393ad78
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ def _run_stages(settings:Settings, run_id:str, previous:RunLedger|None=None, ret
             try: executed = with_retries(lambda: execute_stage(stage, run_dir, settings, parent.info.run_id, show), f"stage {stage}", p, ledger.retries)
             except StageFailed as e:
                 _record_failure(ledger, run_dir, stage, e, time.perf_counter() - start, track)
-                log.error("[%d/%d] %s failed after %.1fs", i, len(STAGES), stage, ledger.stages[-1].seconds)
+                log.error("[%d/%d] %s failed after %.1fs%s", i, len(STAGES), stage, ledger.stages[-1].seconds,
+                          "".join(f"\n    {line}" for line in where_it_failed(ledger.stages[-1])))
                 raise
             seconds = round(time.perf_counter() - start, 1)
             result = read_json(run_dir/output, StageResult)
@@ -266,11 +268,11 @@ def _run_stages(settings:Settings, run_id:str, previous:RunLedger|None=None, ret
     return ledger
 
 def _record_failure(ledger:RunLedger, run_dir:Path, stage:str, error:StageFailed, seconds:float, track) -> None:
-    "Close the ledger on a failed stage and log it with the failed notebook, if the tracking store lets us."
+    "Close the ledger on a failed stage, naming the cell it stopped in, and log it with the failed notebook, if the tracking store lets us."
     import mlflow
-    ledger.stages.append(StageRecord(name=stage, status="failed", seconds=round(seconds, 1), error=str(error)))
+    failed_nb = Path(run_dir)/f"{stage}.ipynb"
+    ledger.stages.append(StageRecord(name=stage, status="failed", seconds=round(seconds, 1), error=str(error), failed_cell=failed_cell(failed_nb)))
     _finish(ledger, run_dir, "failed")
-    failed_nb = run_dir/f"{stage}.ipynb"
     try: track(lambda: ([mlflow.log_artifact(str(failed_nb), "notebooks")] if failed_nb.exists() else [], mlflow.log_artifact(str(run_dir/"run.json"))))
     except Unreachable as e: log.warning("the failed stage is in %s but not in MLflow: %s", run_dir, e)
 
@@ -340,6 +342,21 @@ def run_summaries(settings:Settings, last:int=20) -> list[dict]:
              "failed_stage": next((s.name for s in l.stages if s.status == "failed"), ""),
              "promoted": l.registered_version or "" if l.promoted else ""} for l in ledgers]
 
+def _shown(path:str|Path) -> str:
+    "`path` relative to the current directory when it is inside it, else absolute."
+    try: return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError): return str(Path(path).absolute())
+
+def where_it_failed(stage:StageRecord, folder:Path|None=None) -> list[str]:
+    "Lines naming the cell a failed stage stopped in and the commands that open its notebook; none when no cell is named. `folder`: the run's folder if it moved."
+    where = stage.failed_cell
+    if where is None: return []
+    notebook = _shown(Path(folder)/Path(where.notebook).name if folder else where.notebook)
+    prompt = f" (In [{where.execution_count}])" if where.execution_count is not None else ""
+    line = f", line {where.line}," if where.line else ""
+    return [f'failed at cell {where.cell}{prompt}{line} of {notebook}: "{where.source}"',
+            f"open it: make lab NB={shlex.quote(notebook)}   (or: jupyter lab {shlex.quote(notebook)})"]
+
 @call_parse
 def mlops_runs(run_id:str=None, # show this run's stages; default: list the recent runs
                config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
@@ -359,4 +376,5 @@ def mlops_runs(run_id:str=None, # show this run's stages; default: list the rece
     print(f"run {run_id}: {_status(ledger)}; started {ledger.started}; git {(ledger.git_commit or '')[:12]}; "
           f"data {(ledger.data_digest or '')[:12]}; MLflow run {(ledger.mlflow_run_id or '')}")
     for s in ledger.stages:
-        print(f"  {s.name:12s} {s.status:7s} {s.seconds:>7}s  {s.resumed or s.summary or s.error}")
+        print(f"  {s.name:12s} {s.status:7s} {s.seconds:>7}s  {s.resumed or s.summary or (s.failed_cell and s.failed_cell.error) or s.error}")
+        for line in where_it_failed(s, path.parent): print(f"    {line}")

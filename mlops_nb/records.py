@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['write_atomic', 'RecordError', 'write_json', 'read_json', 'NumberPolicy', 'Levels', 'TransformSpec', 'ColumnRule',
            'DataContract', 'StageResult', 'SnapshotResult', 'GateCheck', 'PromotionDecision', 'EvaluationResult',
-           'RetryRecord', 'StageRecord', 'RunLedger']
+           'RetryRecord', 'FailedCell', 'StageRecord', 'RunLedger']
 
 # %% ../nbs/00_records.ipynb #f38cda1a
 import builtins
@@ -153,6 +153,15 @@ class RetryRecord(msgspec.Struct, kw_only=True):
     error: str
     wait: float
 
+class FailedCell(msgspec.Struct, kw_only=True, omit_defaults=True):
+    "Where a failed stage stopped: the cell of its executed notebook to open."
+    notebook: str  # the executed notebook, `<run folder>/<stage>.ipynb`
+    cell: int  # the cell's place among the executed notebook's code cells, from 1 (papermill's injected parameters cell counts)
+    execution_count: int|None = None  # its `In [n]` in Jupyter and in papermill's message; None when it never got one (a cell killed while it ran)
+    line: int|None = None  # the line of the cell its traceback points at, from 1; None without one
+    source: str = ""  # that line of code, else the cell's first
+    error: str|None = None  # `ErrorType: message` (the message's first line) of its error output; None when the kernel died or the stage timed out
+
 class StageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     "One stage of a run as the ledger records it."
     name: str
@@ -165,6 +174,7 @@ class StageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     resumed: str = ""
     rows_in_out: dict[str, int]|None = None
     roles: dict[str, str]|None = None
+    failed_cell: FailedCell|None = None  # a failed stage: the cell it stopped in, when it got as far as one
 
 class RunLedger(msgspec.Struct, kw_only=True):
     "A pipeline run: what ran, on which code, data and settings, and how it ended."

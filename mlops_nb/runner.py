@@ -14,9 +14,10 @@ from pathlib import Path
 
 import mlops_nb
 from .config import Settings
+from .records import FailedCell
 
 # %% auto #0
-__all__ = ['notebooks_dir', 'kill_tree', 'pipeline_notebook', 'execute_bounded', 'one_cell_notebook']
+__all__ = ['notebooks_dir', 'kill_tree', 'pipeline_notebook', 'execute_bounded', 'one_cell_notebook', 'failed_cell']
 
 # %% ../nbs/00c_runner.ipynb #fbee9a64
 def notebooks_dir(settings:Settings, needed=()) -> Path:
@@ -121,3 +122,36 @@ def one_cell_notebook(folder:Path, name:str, code:str) -> Path:
     nb.metadata.update(kernelspec={"name": "python3", "display_name": "Python 3", "language": "python"}, language_info={"name": "python"})
     nbformat.write(nb, Path(folder)/f"{name}.ipynb")
     return Path(folder)/f"{name}.ipynb"
+
+# %% ../nbs/00c_runner.ipynb #2f7c9d34
+def _first_code_line(source:str, width:int=100) -> str:
+    line = next((l.strip() for l in source.splitlines() if l.strip() and not l.lstrip().startswith("#|")), "")
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+def _raising_line(source:str, traceback:list[str]) -> tuple[int|None, str]:
+    "The line of the cell IPython's traceback points at (`Cell In[n], line k`) and its code; else None and the cell's first line of code."
+    lines = source.splitlines()
+    for entry in traceback:
+        found = re.match(r"\s*Cell In\[\d+\], line (\d+)", re.sub(r"\x1b\[[0-9;]*m", "", entry))
+        if found and 0 < int(found[1]) <= len(lines) and lines[int(found[1]) - 1].strip():
+            return int(found[1]), _first_code_line(lines[int(found[1]) - 1])
+    return None, _first_code_line(source)
+
+def failed_cell(executed:Path) -> FailedCell|None:
+    "Where the failed notebook `executed` stopped: the code cell with an error output, else the last one papermill started; None when none started or it cannot be read."
+    import nbformat
+    try: nb = nbformat.read(executed, as_version=4)
+    except Exception: return None  # not written yet, or cut short by a kill
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for n, cell in enumerate(code, 1):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and not (out.get("ename") == "SystemExit" and out.get("evalue") in ("", "0")):
+                message = (out.get("evalue") or "").strip().splitlines()
+                error = f"{out.get('ename')}: {message[0]}" if message else str(out.get("ename"))
+                line, code_line = _raising_line(cell.source, out.get("traceback", []))
+                return FailedCell(notebook=str(executed), cell=n, execution_count=cell.get("execution_count"), line=line,
+                                  source=code_line, error=error if len(error) <= 300 else error[:297] + "...")
+    started = [(n, c) for n, c in enumerate(code, 1) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started: return None
+    n, cell = started[-1]
+    return FailedCell(notebook=str(executed), cell=n, execution_count=cell.get("execution_count"), source=_first_code_line(cell.source))

@@ -158,6 +158,17 @@ def test_failed_run_exits_nonzero_and_keeps_the_champion(project, trained):
     assert failed["status"] == "failed" and failed["stages"][-1]["name"] == "02_eda"
     assert (Path(failed["run_dir"])/"02_eda.ipynb").exists()
     assert champion_version(load_settings(environ=project[1])) == trained["champion"]
+    # `mlops_runs --run_id` (and the run's own log) name the cell it stopped in and how to open it, relative to the project's folder
+    shown = cli(project, "mlops_runs", "--run_id", "empty-test-split")
+    notebook = "runs/empty-test-split/02_eda.ipynb"
+    where = re.search(rf'failed at cell (\d+) \(In \[\d+\]\), line (\d+), of {re.escape(notebook)}: "(.+)"', shown.stdout)
+    assert where and f"open it: make lab NB={notebook}   (or: jupyter lab {notebook})" in shown.stdout, shown.stdout
+    assert where[0] in result.stderr and f"jupyter lab {notebook}" in result.stderr, result.stderr[-3000:]
+    code = [c for c in nbformat.read(Path(failed["run_dir"])/"02_eda.ipynb", as_version=4).cells if c.cell_type == "code"]
+    raised = [n for n, c in enumerate(code, 1) if any(o.output_type == "error" for o in c.get("outputs", []))]
+    assert raised == [int(where[1])]  # the cell it names is the one with the traceback, and the line the one that raised
+    assert code[raised[0] - 1].source.splitlines()[int(where[2]) - 1].strip().startswith(where[3].removesuffix("..."))
+    assert "test split is empty" in code[raised[0] - 1].outputs[-1].evalue
 
 
 @pytest.mark.slow
