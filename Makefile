@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 UV := $(PYTHON) -m uv
 
-.PHONY: run test test-all venv demo lab lock readme sync-check bench docs clean
+.PHONY: run test test-all venv demo lab lock readme sync-check bench docs screenshots preview clean
 
 ## run: create the environment, run the pipeline on the full flights example (examples/flights.toml), serve the champion and ask it once
 run: venv
@@ -28,10 +28,12 @@ test-all: test
 SLOW_NOTEBOOKS = $(shell grep -l '"\#| slow' nbs/*.ipynb | xargs -n1 basename | paste -sd'|')
 
 # the worked example; a settings file of your own (mlops_init writes one) is named the same way, or is ./mlops.toml
-run demo: export MLOPS_CONFIG ?= examples/flights.toml
+run demo docs screenshots: export MLOPS_CONFIG ?= examples/flights.toml
 
 # XGBoost's OpenMP threads spin while they wait: beside the servers and kernels of the tests they only steal the cores
 test test-all: export OMP_WAIT_POLICY = PASSIVE
+# the documentation site's test renders it with Quarto: one in QUARTO_HOME counts as installed
+test-all: export PATH := $(QUARTO_HOME)/bin:$(PATH)
 
 ## venv: the project's environment, installed from the lock, with its Jupyter kernel
 venv: $(VENV)/.installed
@@ -75,13 +77,25 @@ bench: venv
 lock:
 	$(UV) pip compile -q requirements.in -o requirements.lock --python-version 3.11
 
-## docs: the documentation site in _docs/ (Quarto when installed, else Sphinx, offline)
+## docs: the documentation site in _docs/, from the notebooks and the latest run, rendered by nbdev with Quarto (offline; Quarto must be installed)
 docs: venv
-	$(BIN)/mlops_docs
+	PATH="$(QUARTO_HOME)/bin:$$PATH" $(BIN)/mlops_docs
 
-## readme: regenerate README.md from nbs/index.ipynb
+## screenshots: `make docs`, then the README's pictures of the site's home and monitoring pages (nbs/images/*.png; needs Chromium)
+screenshots: venv
+	PATH="$(QUARTO_HOME)/bin:$$PATH" $(BIN)/mlops_docs --screenshots nbs/images
+
+## preview: nbdev_preview, the site as a writer edits it: the notebooks as they are, a page re-rendered when its notebook is saved
+preview: venv
+	PATH="$(QUARTO_HOME)/bin:$$PATH" $(BIN)/nbdev_preview --port $(PREVIEW_PORT) --no_browser
+
+# where a Quarto without a system install may live (its bin/ is searched first)
+QUARTO_HOME ?= $(HOME)/.local/quarto
+PREVIEW_PORT ?= 3000
+
+## readme: regenerate README.md from nbs/index.ipynb (its pictures, in nbs/images/, seen from the top folder)
 readme: venv
-	$(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --stdout > README.md
+	$(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --stdout | sed 's#](images/#](nbs/images/#g' > README.md
 
 ## sync-check: fail when the notebooks, the package or the README are out of sync
 sync-check: venv
