@@ -163,6 +163,7 @@ def test_lab_runs_and_saves_a_stage_notebook(lab, browser, tmp_path):
     assert DEFAULT_KERNEL in specs["kernelspecs"], f"no kernel {DEFAULT_KERNEL!r} (make venv installs it): {sorted(specs['kernelspecs'])}"
     assert specs["default"] == DEFAULT_KERNEL and specs["kernelspecs"][DEFAULT_KERNEL]["spec"]["display_name"] == "Python (mlops_nb)"
     named = json.loads(committed)["metadata"]["kernelspec"]["name"]
+    assert named == DEFAULT_KERNEL, f"{NOTEBOOK} names kernel {named!r}: the project's notebooks open on {DEFAULT_KERNEL!r}"
     assert named in specs["kernelspecs"], f"{NOTEBOOK} names kernel {named!r}, which this Lab does not offer: {sorted(specs['kernelspecs'])}"
     spec = specs["kernelspecs"][named]["spec"]
     program = spec["argv"][0]  # jupyter_client runs a bare "python" with the server's own interpreter: the environment's
