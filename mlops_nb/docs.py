@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,6 @@ def _skipped(cell, flags:tuple=()) -> bool:
 
 def execute_notebook(notebook:Path, dest:Path, skip_flags:tuple=()) -> Path:
     "Run `notebook` in its folder and save it, outputs and all, as `dest`; a failing cell raises naming the notebook."
-    from execnb.nbio import write_nb
     from execnb.shell import CaptureShell
     from fastcore.xtras import working_directory
     from nbdev.frontmatter import FrontmatterProc
@@ -51,8 +51,13 @@ def execute_notebook(notebook:Path, dest:Path, skip_flags:tuple=()) -> Path:
     try:
         with working_directory(notebook.parent): shell.run_all(nb, exc_stop=True, preproc=lambda cell: _skipped(cell, skip_flags))
     except Exception: raise RuntimeError(f"{notebook.name} failed while building the docs:\n{shell.prettytb(fname=notebook)}") from None
+    # nbdev's processor took the directives (`#| export`, `#| hide`) out of the cells it ran; nbdev needs them to render the page
+    kept = json.loads(notebook.read_text())
+    assert len(kept["cells"]) == len(nb.cells), f"{notebook.name}: the processed notebook lost cells"
+    for cell, ran in zip(kept["cells"], nb.cells):
+        if cell["cell_type"] == "code": cell.update(outputs=ran.get("outputs", []), execution_count=ran.get("execution_count"))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    write_nb(nb, dest)
+    dest.write_text(json.dumps(kept, indent=1, ensure_ascii=False))
     return dest
 
 _EXECUTE = "import sys; from mlops_nb.docs import execute_notebook; execute_notebook(*map(Path, sys.argv[1:3]), tuple(sys.argv[3:]))"
@@ -197,11 +202,9 @@ def external_resources(site:Path) -> list[str]:
         parser = _Resources(); parser.feed(page.read_text(errors="replace"))
         found += [f"{page.relative_to(site)}: {u}" for u in parser.urls if _remote(u)]
     for css in sorted(site.rglob("*.css")):
-        for part in css.read_text(errors="replace").split("url(")[1:]:
-            url = part.split(")")[0].strip("'\" ")
-            if _remote(url): found.append(f"{css.relative_to(site)}: {url}")
-        found += [f"{css.relative_to(site)}: {line.strip()}" for line in css.read_text(errors="replace").splitlines()
-                  if line.strip().startswith("@import") and ("http" in line or "//" in line)]
+        text = css.read_text(errors="replace")
+        urls = [part.split(")")[0] for part in text.split("url(")[1:]] + re.findall(r"@import\s*(['\"][^'\"]*['\"])", text)  # minified: @import"https://..."
+        found += [f"{css.relative_to(site)}: {u.strip(chr(39) + chr(34) + ' ')}" for u in urls if _remote(u.strip(chr(39) + chr(34) + ' '))]
     return found
 
 # %% ../nbs/09_docs.ipynb #fd930014

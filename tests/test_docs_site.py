@@ -125,3 +125,42 @@ def test_model_card_and_monitoring_report_of_the_latest_run(docs_site, browser, 
         report = browser.find_element(By.TAG_NAME, "body").text
         assert "Drift and performance" in report and "Feature drift over time" not in report  # prose and figures, not code
         assert browser.execute_script("return [...document.images].filter(i => i.naturalWidth > 0).length") >= 3
+
+
+@pytest.fixture
+def writers_copy(tmp_path):
+    "A copy of the project's notebooks, settings.ini and package, as a writer's checkout: nbdev_preview writes beside them."
+    from conftest import ROOT
+    for name in ("nbs", "mlops_nb"): shutil.copytree(ROOT/name, tmp_path/name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    for name in ("settings.ini", "_quarto.yml"): shutil.copy(ROOT/name, tmp_path/name)
+    return tmp_path
+
+
+def test_preview_shows_a_notebook_edit(writers_copy):
+    "`make preview` (nbdev_preview) serves the site and renders a notebook again when it is saved."
+    import nbformat
+    from conftest import clean_environ
+    port = free_port()
+    preview = subprocess.Popen([str(BIN/"nbdev_preview"), "--port", str(port), "--no_browser"], cwd=writers_copy, env=clean_environ(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    def page(path):
+        try: return httpx.get(f"http://127.0.0.1:{port}/{path}", timeout=5).text
+        except httpx.TransportError: return ""
+    def wait_for(check, seconds):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            assert preview.poll() is None, preview.stdout.read()[-3000:]
+            if check(): return True
+            time.sleep(1)
+        return False
+    try:
+        assert wait_for(lambda: "Clean" in page("clean.html"), 900), "nbdev_preview did not serve clean.html"
+        notebook = writers_copy/"nbs"/"03_clean.ipynb"
+        nb = nbformat.read(notebook, as_version=4)
+        nb.cells.insert(2, nbformat.v4.new_markdown_cell("A sentence a writer has just added."))
+        nbformat.write(nb, notebook)
+        assert wait_for(lambda: "A sentence a writer has just added." in page("clean.html"), 300), "the edit never reached the page"
+    finally:
+        import os, signal
+        os.killpg(preview.pid, signal.SIGTERM)
+        preview.wait(timeout=60)
