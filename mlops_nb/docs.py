@@ -46,13 +46,15 @@ def execute_notebook(notebook:Path, dest:Path, skip_flags:tuple=()) -> Path:
     from fastcore.xtras import working_directory
     from nbdev.frontmatter import FrontmatterProc
     from nbdev.process import NBProcessor
-    nb = NBProcessor(notebook, procs=FrontmatterProc, process=True).nb
+    from execnb.nbio import dict2nb
+    text = notebook.read_text()  # read once: the notebook may be saved again while it runs
+    nb = NBProcessor(nb=dict2nb(json.loads(text)), procs=FrontmatterProc, process=True).nb
     shell = CaptureShell(notebook)
     try:
         with working_directory(notebook.parent): shell.run_all(nb, exc_stop=True, preproc=lambda cell: _skipped(cell, skip_flags))
     except Exception: raise RuntimeError(f"{notebook.name} failed while building the docs:\n{shell.prettytb(fname=notebook)}") from None
     # nbdev's processor took the directives (`#| export`, `#| hide`) out of the cells it ran; nbdev needs them to render the page
-    kept = json.loads(notebook.read_text())
+    kept = json.loads(text)
     assert len(kept["cells"]) == len(nb.cells), f"{notebook.name}: the processed notebook lost cells"
     for cell, ran in zip(kept["cells"], nb.cells):
         if cell["cell_type"] == "code": cell.update(outputs=ran.get("outputs", []), execution_count=ran.get("execution_count"))
