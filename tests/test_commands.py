@@ -2,6 +2,7 @@
 with a non-zero exit status and no traceback: a TOML file that does not parse, and a value of the
 wrong type. (`mlops_init` writes settings rather than reading them.)"""
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,15 @@ def test_tune_worker_names_the_run_folders_settings(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert f"mlops_tune_worker: {tmp_path/'settings.json'}: tune.n_trials: expected `int`, got `str`" in result.stderr, result.stderr
+
+
+def test_docs_without_quarto_says_how_to_get_it(tmp_path):
+    "`make docs` (mlops_docs) on a machine without Quarto: one message saying how to install it, a non-zero exit, nothing built."
+    import os
+    from conftest import FLIGHTS
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d)/"quarto").exists())
+    result = subprocess.run([str(BIN/"mlops_docs"), "--config", str(FLIGHTS), "--dest", str(tmp_path/"site")], cwd=tmp_path,
+                            env=clean_environ(PATH=path, MLOPS_STATE_DIR=str(tmp_path/"state")), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "Quarto is not installed" in result.stderr and "quarto.org" in result.stderr and "make docs" in result.stderr, result.stderr
+    assert not (tmp_path/"site").exists()
