@@ -48,7 +48,9 @@ def execute_notebook(notebook:Path, dest:Path, skip_flags:tuple=()) -> Path:
     from nbdev.process import NBProcessor
     from execnb.nbio import dict2nb
     text = notebook.read_text()  # read once: the notebook may be saved again while it runs
-    nb = NBProcessor(nb=dict2nb(json.loads(text)), procs=FrontmatterProc, process=True).nb
+    nb = dict2nb(json.loads(text))
+    nb["path_"] = str(notebook)  # as execnb's read_nb sets it: nbdev's front matter reads it
+    nb = NBProcessor(nb=nb, procs=FrontmatterProc, process=True).nb
     shell = CaptureShell(notebook)
     try:
         with working_directory(notebook.parent): shell.run_all(nb, exc_stop=True, preproc=lambda cell: _skipped(cell, skip_flags))
