@@ -7,11 +7,16 @@ with no edit to what `mlops_init` wrote.
 - Seattle weather (vega_datasets): 1,461 days, the date as text, a label made by a rule.
 
 Two generated tables add the shapes a real table may have: a single feature with a yes/no text label
-(500 rows), and 200 columns with an integer time, a date and a datetime written as text (600 rows)."""
+(500 rows), and 200 columns with an integer time, a date and a datetime written as text (600 rows).
+
+The tables are independent (their own folders, stores and ports): their attempts run two at a time, in threads that
+wait on the commands' processes; each table's tests wait for its own attempt, and fail with it alone."""
 import json
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -83,11 +88,13 @@ def run(folder:Path, *command:str, timeout:float=900, env:dict|None=None) -> sub
     return subprocess.run([str(BIN/command[0]), *command[1:]], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module", params=list(TABLES))
-def first_attempt(request, tmp_path_factory):
-    "One table from file to served model and monitoring report, each command once; what each left."
-    name, (make, init_args, expected) = request.param, TABLES[request.param]
-    folder = tmp_path_factory.mktemp(name)
+AT_ONCE = 2  # tables worked on at the same time: their commands mostly wait on process start-up, kernels and each other
+_mlflow = threading.Lock()  # load_bundle points the process's MLflow at one table's store at a time
+
+
+def attempt(name:str, folder:Path) -> tuple[dict, str]:
+    "One table from file to served model and monitoring report, each command once: what each left, and a line saying how it went."
+    make, init_args, expected = TABLES[name]
     table = make(folder)
     started = time.perf_counter()
     init = run(folder, "mlops_init", table.name, *init_args)
@@ -95,35 +102,35 @@ def first_attempt(request, tmp_path_factory):
     trained = run(folder, "mlops_run")
     assert trained.returncode == 0, trained.stderr[-3000:]
     settings = load_settings(folder/"mlops.toml", environ={})
-    champion = load_bundle(settings, alias="champion")
+    with _mlflow: champion = load_bundle(settings, alias="champion")
     raw = pl.read_parquet(table) if table.suffix == ".parquet" else pl.read_csv(table, null_values=["NA", ""])
     labels = label_rows(raw, DataSettings(target=settings.data.target, target_rule=settings.data.target_rule))[settings.data.target]
     port = free_port()
     server = subprocess.Popen([str(BIN/"mlops_serve"), "--port", str(port)], cwd=folder, env=clean_environ(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200: break
-            except httpx.HTTPError: pass
-            assert server.poll() is None, server.stderr.read()[-3000:]
-            time.sleep(0.5)
-        sent = [*champion.spec.inputs, *([settings.data.time_column] if settings.data.time_column else [])]  # the data's time beside the inputs
-        inputs = raw.select(sent).with_columns(pl.col(pl.Date, pl.Datetime).dt.to_string())  # JSON carries dates as ISO 8601 text
-        labels, answers, given = labels.to_list(), [], 0
-        for start in range(0, raw.height, 500):  # within serve.max_rows per request
-            answer = httpx.post(f"{url}/predict", json={"rows": inputs.slice(start, 500).to_dicts()}, timeout=60)
-            assert answer.status_code == 200, answer.text
-            answers.append(answer.json())
-            for row, label in enumerate(labels[start:start + 500]):
-                if label is None: continue
-                sent = httpx.post(f"{url}/feedback", json={"request_id": answers[-1]["request_id"], "row": row, "label": int(label)}, timeout=10)
-                assert sent.status_code == 202, sent.text
-                given += 1
-        dates = [c for c, t in champion.spec.inputs.items() if t in ("date", "datetime")]
-        if dates:  # a date that is not one is refused, naming the row and the column
-            bad = httpx.post(f"{url}/predict", json={"rows": [{**inputs.row(0, named=True), dates[0]: "31/12/2024"}]}, timeout=10)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client, ThreadPoolExecutor(4) as senders:  # one client: its connections are kept alive
+            for _ in range(1200):
+                try:
+                    if client.get("/ready", timeout=2).status_code == 200: break
+                except httpx.HTTPError: pass
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                time.sleep(0.1)
+            sent = [*champion.spec.inputs, *([settings.data.time_column] if settings.data.time_column else [])]  # the data's time beside the inputs
+            inputs = raw.select(sent).with_columns(pl.col(pl.Date, pl.Datetime).dt.to_string())  # JSON carries dates as ISO 8601 text
+            labels, answers, feedback = labels.to_list(), [], []
+            for start in range(0, raw.height, 500):  # within serve.max_rows per request
+                answer = client.post("/predict", json={"rows": inputs.slice(start, 500).to_dicts()}, timeout=60)
+                assert answer.status_code == 200, answer.text
+                answers.append(answer.json())
+                feedback += [{"request_id": answers[-1]["request_id"], "row": row, "label": int(label)}
+                             for row, label in enumerate(labels[start:start + 500]) if label is not None]
+            for told in senders.map(lambda body: client.post("/feedback", json=body, timeout=10), feedback):  # one label a request, a few at once
+                assert told.status_code == 202, told.text
+            given = len(feedback)
+            dates = [c for c, t in champion.spec.inputs.items() if t in ("date", "datetime")]
+            if dates:  # a date that is not one is refused, naming the row and the column
+                bad = client.post("/predict", json={"rows": [{**inputs.row(0, named=True), dates[0]: "31/12/2024"}]}, timeout=10)
     finally:
         server.terminate(); server.wait(timeout=60)
     monitored = run(folder, "mlops_monitor", "--out_dir", str(folder/"monitor"))
@@ -141,9 +148,28 @@ def first_attempt(request, tmp_path_factory):
              "spec": champion.spec, "bad_date": (dates[0], bad.status_code, bad.text) if dates else None,
              "monitor": json.loads((folder/"monitor"/"monitor.json").read_text())}
     if "data_windows" in expected: facts["monitor_by_data_time"] = json.loads((folder/"monitor_by_data_time"/"monitor.json").read_text())
-    print(f"\n{name}: {raw.height:,} rows; {facts['clean']['summary']}; {facts['evaluate']['summary']}; "
-          f"{given} labels fed back; monitor {facts['monitor']['status']}; {seconds:.0f} s from mlops_init to the monitoring report")
-    return name, facts
+    return facts, (f"{name}: {raw.height:,} rows; {facts['clean']['summary']}; {facts['evaluate']['summary']}; "
+                   f"{given} labels fed back; monitor {facts['monitor']['status']}; {seconds:.0f} s from mlops_init to the monitoring report")
+
+
+@pytest.fixture(scope="module")
+def attempts(request, tmp_path_factory):
+    """The first attempt of each table this session's tests ask for, all started on first use, `AT_ONCE` at a time
+    (the tables are independent: their own folders, stores and ports); each table's outcome, or its failure, as a future."""
+    asked = {item.callspec.params["first_attempt"] for item in request.session.items
+             if getattr(item, "module", None) is request.module and "first_attempt" in getattr(getattr(item, "callspec", None), "params", {})}
+    folders = {name: tmp_path_factory.mktemp(name) for name in TABLES if name in asked}
+    pool = ThreadPoolExecutor(AT_ONCE, thread_name_prefix="first_attempt")
+    try: yield {name: pool.submit(attempt, name, folder) for name, folder in folders.items()}  # in the order the tests ask for them
+    finally: pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module", params=list(TABLES))
+def first_attempt(request, attempts):
+    "One table from file to served model and monitoring report, each command once; what each left (a failure fails this table's tests only)."
+    facts, summary = attempts[request.param].result()
+    print(f"\n{summary}")
+    return request.param, facts
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 """The closed loop through its commands: a shortened `mlops_replay` (two months, a slice of the flights),
 then `mlops_schedule` on the replay's stores: one job at once, and the scheduler itself on a cron
-expression until it is stopped."""
+expression until it is stopped (on a copy of the stores, waiting for its minute while the jobs run at once)."""
 import json
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -24,14 +26,65 @@ def clean_env(**extra):
     return clean_environ(MLOPS_PIPELINE__NOTEBOOKS_DIR=str(ROOT/"nbs"), **extra)
 
 
+class CronScheduler:
+    """`mlops_schedule` on a cron expression, every minute, in the folder `home`, its console output in files there; a thread
+    stops it (SIGTERM) once it has logged a job, or when it exits, or `within` seconds after it started."""
+    def __init__(self, home:Path, within:float=150):
+        self.home, self.log_file = home, home/"state"/"schedule.jsonl"
+        self.seen = self.jobs()
+        self.out, self.err = open(home/"schedule.out", "w"), open(home/"schedule.err", "w")
+        self.process = subprocess.Popen([str(BIN/"mlops_schedule"), "--config", str(home/"settings.json")], cwd=home,
+                                        env=clean_env(MLOPS_SCHEDULE__MONITOR="* * * * *", MLOPS_SCHEDULE__RETRAIN=""), stdout=self.out, stderr=self.err, text=True)
+        self.exited_waiting = False  # it ended by itself before it logged a job
+        self.watcher = threading.Thread(target=self._watch, args=(time.time() + within,), daemon=True)
+        self.watcher.start()
+
+    def jobs(self) -> int: return len(self.log_file.read_text().splitlines()) if self.log_file.exists() else 0
+
+    def _watch(self, deadline:float):
+        while self.jobs() == self.seen and time.time() < deadline:
+            if self.process.poll() is not None:
+                self.exited_waiting = True
+                return
+            time.sleep(1)
+        self.stop()
+
+    def stop(self):
+        if self.process.poll() is None: self.process.send_signal(signal.SIGTERM)
+        try: self.process.wait(timeout=120)
+        finally:
+            if self.process.poll() is None: self.process.kill()
+            self.out.close(); self.err.close()
+
+    def stderr(self) -> str: return (self.home/"schedule.err").read_text()
+
+
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory):
-    "The folder of a shortened replay of July and August, and what it printed."
+def replay_and_cron(request, tmp_path_factory):
+    """A shortened replay of July and August: its folder and what it printed. When the cron test is to run, its scheduler starts
+    as soon as the replay ends, in a copy of the replay's folder (settings and stores), and waits for its minute while the
+    other tests run in the replay's own: no test here sees the other's jobs."""
     folder = tmp_path_factory.mktemp("loop")
     result = subprocess.run([str(BIN/"mlops_replay"), "--first", "7", "--last", "8"], cwd=folder, env=clean_env(**SETTINGS),
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
-    return folder/"replay", result.stdout
+    home, scheduler = folder/"replay", None
+    if any(item.name == "test_scheduler_runs_its_cron_jobs_until_stopped" for item in request.session.items if getattr(item, "module", None) is request.module):
+        copy = shutil.copytree(home, tmp_path_factory.mktemp("cron")/"replay")
+        settings = home/"settings.json"  # its stores' paths, now the copy's
+        (copy/"settings.json").write_text(settings.read_text().replace(str(home.resolve()), str(copy.resolve())))
+        assert load_settings(copy/"settings.json", environ={}).state == (copy/"state").resolve()
+        scheduler = CronScheduler(copy)
+    try: yield home, result.stdout, scheduler
+    finally:
+        if scheduler: scheduler.stop()
+
+
+@pytest.fixture(scope="module")
+def replayed(replay_and_cron):
+    "The folder of a shortened replay of July and August, and what it printed."
+    home, printed, _ = replay_and_cron
+    return home, printed
 
 
 @pytest.mark.slow
@@ -91,24 +144,16 @@ def test_one_incident_starts_one_retrain(replayed):
 
 
 @pytest.mark.slow
-def test_scheduler_runs_its_cron_jobs_until_stopped(replayed):
-    home, _ = replayed
-    log_file = home/"state"/"schedule.jsonl"
-    seen = len(log_file.read_text().splitlines())
-    scheduler = subprocess.Popen([str(BIN/"mlops_schedule"), "--config", str(home/"settings.json")], cwd=home,
-                                 env=clean_env(MLOPS_SCHEDULE__MONITOR="* * * * *", MLOPS_SCHEDULE__RETRAIN=""),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 150
-        while len(log_file.read_text().splitlines()) == seen and time.time() < deadline:
-            assert scheduler.poll() is None, scheduler.stderr.read()[-3000:]
-            time.sleep(1)
-        record = json.loads(log_file.read_text().splitlines()[-1])
-        assert record["job"] == "monitor" and record["status"] == "ok"
-    finally:
-        scheduler.send_signal(signal.SIGTERM)
-        _, err = scheduler.communicate(timeout=120)
-    assert scheduler.returncode == 0 and "monitor: * * * * * (UTC), next at" in err and "scheduler stopped" in err
+def test_scheduler_runs_its_cron_jobs_until_stopped(replay_and_cron):
+    scheduler = replay_and_cron[2]  # started when the replay ended, on a copy of its folder
+    scheduler.watcher.join(timeout=300)
+    assert not scheduler.exited_waiting, scheduler.stderr()[-3000:]
+    assert scheduler.jobs() > scheduler.seen, "no job logged within 150 s of the start:\n" + scheduler.stderr()[-3000:]
+    record = json.loads(scheduler.log_file.read_text().splitlines()[-1])
+    assert record["job"] == "monitor" and record["status"] == "ok"
+    scheduler.stop()
+    err = scheduler.stderr()
+    assert scheduler.process.returncode == 0 and "monitor: * * * * * (UTC), next at" in err and "scheduler stopped" in err
 
 
 def test_bad_cron_expression_is_named(tmp_path):
