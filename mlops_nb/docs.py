@@ -234,7 +234,7 @@ def headless_chromium(width:int=1280, height:int=1000):
     if not browser or not driver: raise SystemExit("screenshots need Chromium and its driver: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={width},{height}", "--disable-dev-shm-usage",
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", f"--window-size={width},{height}", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)

@@ -164,3 +164,15 @@ class ServerProcess:
 def metric(text:str, name:str) -> float:
     "The sum of the series in Prometheus `text` whose line starts with `name`."
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    "Debian's Chromium, headless, driven by its chromedriver (the one the documentation's screenshots use); skipped, saying why, without them."
+    import shutil
+    from mlops_nb.docs import headless_chromium
+    if not shutil.which("chromium") or not shutil.which("chromedriver"):
+        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    driver = headless_chromium()
+    yield driver
+    driver.quit()

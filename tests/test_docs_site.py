@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import BIN, EXAMPLE, cli, free_port
-from mlops_nb.docs import external_resources, headless_chromium, served
+from mlops_nb.docs import external_resources, served
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +39,6 @@ def docs_site(project, trained, tmp_path_factory):
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
     print(f"\n{result.stdout.strip().splitlines()[-1]} (measured {time.perf_counter() - started:.0f} s)")
     return site
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which("chromium") or not shutil.which("chromedriver"):
-        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    driver = headless_chromium()
-    yield driver
-    driver.quit()
 
 
 def test_every_page_loads_from_loopback_with_its_links_and_images(docs_site, browser, tmp_path_factory):
@@ -136,12 +127,19 @@ def writers_copy(tmp_path):
     return tmp_path
 
 
-def test_preview_serves_the_notebooks_as_they_are(writers_copy):
-    """`make preview` (nbdev_preview) serves the site rendered from the notebooks as they are. (That it renders a saved edit
-    again was seen on a quiet machine and missed twice under load: its file watcher is not asserted here.)"""
+def saved_as_lab_saves(folder, name, nb):
+    "Save notebook `nb` as `folder/name` the way JupyterLab's Save does: through Jupyter's contents manager (atomic writing)."
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    FileContentsManager(root_dir=str(folder)).save({"type": "notebook", "format": "json", "content": nb}, name)
+
+
+def test_preview_shows_a_notebook_edit(writers_copy):
+    "`make preview` (nbdev_preview) serves the site from the notebooks and renders a notebook again when it is saved."
+    import nbformat
     from conftest import clean_environ
     port = free_port()
-    output = open(writers_copy/"preview.log", "w")  # a file, not a pipe: nobody reads it while the preview runs, and a full pipe would stall it
+    log = writers_copy/"preview.log"
+    output = open(log, "w")  # a file, not a pipe: nobody reads it while the preview runs, and a full pipe would stall it
     preview = subprocess.Popen([str(BIN/"nbdev_preview"), "--port", str(port), "--no_browser"], cwd=writers_copy, env=clean_environ(),
                                stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     def page(path):
@@ -150,13 +148,18 @@ def test_preview_serves_the_notebooks_as_they_are(writers_copy):
     def wait_for(check, seconds):
         deadline = time.time() + seconds
         while time.time() < deadline:
-            assert preview.poll() is None, (writers_copy/"preview.log").read_text()[-3000:]
+            assert preview.poll() is None, log.read_text()[-3000:]
             if check(): return True
             time.sleep(1)
         return False
     try:
         assert wait_for(lambda: "Clean" in page("clean.html"), 900), "nbdev_preview did not serve clean.html"
         assert "Ingest" in page("ingest.html") and "mlops_nb" in page("index.html")
+        nb = nbformat.read(writers_copy/"nbs"/"03_clean.ipynb", as_version=4)
+        nb.cells.insert(2, nbformat.v4.new_markdown_cell("A sentence a writer has just added."))
+        saved_as_lab_saves(writers_copy/"nbs", "03_clean.ipynb", nb)
+        assert wait_for(lambda: "A sentence a writer has just added." in page("clean.html"), 300), \
+            f"the edit never reached the page:\n{log.read_text()[-3000:]}"
     finally:
         import os, signal
         os.killpg(preview.pid, signal.SIGTERM)

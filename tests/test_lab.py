@@ -90,23 +90,6 @@ def _mkdir(path:Path) -> Path:
     return path
 
 
-@pytest.fixture
-def browser():
-    "Debian's Chromium, headless, driven by its chromedriver."
-    if not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists():
-        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    yield driver
-    driver.quit()
-
-
 # The notebook's state as the page shows it: its kernel's name and status, its code cells' prompts and its outputs' text
 PAGE_STATE = """
 const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
