@@ -23,8 +23,8 @@ from fastcore.basics import patch
 from .records import write_atomic
 
 # %% auto #0
-__all__ = ['log', 'PREDICTIONS', 'FEEDBACK', 'store_engine', 'InferenceLog', 'read_inference_log', 'read_feedback',
-           'labelled_predictions']
+__all__ = ['log', 'PREDICTIONS', 'FEEDBACK', 'create_tables', 'store_engine', 'InferenceLog', 'read_inference_log',
+           'read_feedback', 'labelled_predictions']
 
 # %% ../nbs/04b_inference_log.ipynb #d49d83db
 log = logging.getLogger(__name__)
@@ -47,6 +47,12 @@ FEEDBACK = sa.Table("feedback", _meta,
     sa.Column("label", sa.Integer, nullable=False),
     sa.Column("time", sa.String(40), nullable=False))
 
+def create_tables(metadata:sa.MetaData, engine:sa.Engine) -> None:
+    "Create the tables of `metadata` that do not exist yet; on PostgreSQL under an advisory lock, as servers that start together would collide."
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql": connection.execute(sa.text("select pg_advisory_xact_lock(hashtext('mlops_nb tables'))"))
+        metadata.create_all(connection)
+
 def store_engine(url:str, durable:bool=False) -> sa.Engine:
     "An engine for the inference log at `url` (sqlite:///file or postgresql://...), its tables created; `durable`: SQLite syncs each commit to the disk."
     if url.startswith("postgresql://"): url = url.replace("postgresql://", "postgresql+psycopg://", 1)  # the driver installed
@@ -58,7 +64,7 @@ def store_engine(url:str, durable:bool=False) -> sa.Engine:
             dbapi_connection.execute("pragma journal_mode=wal")
             dbapi_connection.execute(f"pragma synchronous={'full' if durable else 'normal'}")  # normal, WAL's own advice: a commit survives the process, not the machine
     else: engine = sa.create_engine(url, pool_pre_ping=True)
-    _meta.create_all(engine)
+    create_tables(_meta, engine)
     return engine
 
 def _utc_now() -> str: return datetime.now(timezone.utc).isoformat()

@@ -23,7 +23,7 @@ from .contract import schema_of
 from .drift import compare, drift_reference
 from .registry import ModelBundle, load_bundle
 from .ingest import read_snapshot
-from .inference_log import read_feedback, read_inference_log, store_engine
+from .inference_log import create_tables, read_feedback, read_inference_log, store_engine
 
 # %% auto #0
 __all__ = ['log', 'ALERTS', 'features_as_sent', 'assign_windows', 'measured_performance', 'estimated_performance',
@@ -163,7 +163,7 @@ def record_alerts(settings:Settings, fired:list[dict], model_version:str, now:da
     "Store each fired alert; the first of an incident within the cool-down is logged as new and POSTed to the webhook."
     now = now or datetime.now(timezone.utc)
     engine = store_engine(settings.inference_log_url)
-    _meta.create_all(engine)
+    create_tables(_meta, engine)
     since = (now - timedelta(hours=settings.monitor.cooldown_hours)).isoformat()
     recorded = []
     try:
@@ -187,7 +187,7 @@ def _fmt(value) -> str: return f"{value:.3f}" if isinstance(value, float) else s
 def read_alerts(settings:Settings, last:int=100) -> pl.DataFrame:
     "The latest `last` alerts, newest first."
     engine = store_engine(settings.inference_log_url)
-    _meta.create_all(engine)
+    create_tables(_meta, engine)
     try:
         with engine.connect() as c: rows = c.execute(sa.select(ALERTS).order_by(ALERTS.c.id.desc()).limit(last)).mappings().all()
     finally: engine.dispose()

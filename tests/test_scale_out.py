@@ -124,3 +124,24 @@ def test_replicated_servers_share_the_log_and_follow_the_champion(shared_log_url
         for replica in replicas: replica.terminate(); replica.wait(60)
     report = monitor_report(settings, tmp_path/"monitor")
     assert report["window_rows"] == 8*5  # the shared log holds both replicas' rows
+
+
+def test_replicas_starting_together_create_the_log_once():
+    "Servers that start at the same moment on a new PostgreSQL log (compose starts its replicas together) all open it: none fails creating the tables."
+    import threading
+    from mlops_nb.inference_log import create_tables, store_engine
+    from mlops_nb.monitor import ALERTS
+    with fresh_database("mlops_together") as url:
+        url = url.render_as_string(hide_password=False)
+        start, failures = threading.Barrier(6), []
+        def open_log():
+            start.wait()
+            try:
+                engine = store_engine(url)
+                create_tables(ALERTS.metadata, engine)  # what the monitor adds
+                engine.dispose()
+            except Exception as e: failures.append(repr(e)[:300])
+        threads = [threading.Thread(target=open_log) for _ in range(6)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        assert not failures, failures
