@@ -161,8 +161,9 @@ def with_retries(attempt, # called without arguments
 PACKAGES = ["mlops_nb", "polars", "xgboost", "optuna", "mlflow", "litestar", "papermill", "nbdev"]
 
 def package_versions(names:list[str]=PACKAGES) -> dict:
-    "Installed versions of `names`."
-    return {n: importlib.metadata.version(n) for n in names}
+    "Installed versions of the packages imported as `names`, whichever distribution provides them (the images' xgboost is xgboost-cpu)."
+    providers = importlib.metadata.packages_distributions()
+    return {n: importlib.metadata.version(providers.get(n, [n])[0]) for n in names}
 
 # %% ../nbs/08_pipeline.ipynb #9f9c6d2e
 def _new_ledger(settings:Settings, run_id:str, run_dir:Path, previous:RunLedger|None, retries:list[RetryRecord]) -> RunLedger:

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import xgboost as xgb
 from fastcore.script import Param, call_parse
+import yaml
 
 from .config import Settings, load_settings
 from .runs import git_commit, sha256_file, use_tracking
@@ -84,13 +85,12 @@ def register_model(settings:Settings, bundle:ModelBundle, example:pl.DataFrame, 
     for k, v in tags.items(): client.set_model_version_tag(settings.model_name, version, k, str(v))
     return version
 
-def _download(settings:Settings, version:str) -> tuple[Path, "Model"]:
+def _download(settings:Settings, version:str) -> tuple[Path, dict]:
     "A local copy of a registered version's files, and its MLmodel description."
     import mlflow
-    from mlflow.models import Model
     local = Path(tempfile.mkdtemp(prefix="model_"))
     mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}", dst_path=str(local))
-    return local, Model.load(str(local))
+    return local, yaml.safe_load((local/"MLmodel").read_text())  # as YAML: mlflow's Model.load parses the signature, which needs pandas
 
 def _manifest(folder:Path) -> dict[str, str]:
     "The SHA-256 of every file under `folder`, by its path inside it."
@@ -99,7 +99,7 @@ def _manifest(folder:Path) -> dict[str, str]:
 def _registered_files(settings:Settings, version:str) -> tuple[dict[str, str], str]:
     "The manifest of a version's files as the registry stores them, and which of them is the native model file."
     local, model = _download(settings, version)
-    try: return _manifest(local), model.flavors["xgboost"]["data"]
+    try: return _manifest(local), model["flavors"]["xgboost"]["data"]
     finally: shutil.rmtree(local, ignore_errors=True)
 
 # %% ../nbs/04a_registry.ipynb #5b97b85b
@@ -124,12 +124,12 @@ def load_bundle(settings:Settings, alias:str="", version:str="") -> ModelBundle:
     local, model = _download(settings, mv.version)
     try:
         verify_files(local, mv.tags.get(MANIFEST_TAG), f"{settings.model_name} v{mv.version}")
-        booster = xgb.Booster(model_file=str(local/model.flavors["xgboost"]["data"]))
+        booster = xgb.Booster(model_file=str(local/model["flavors"]["xgboost"]["data"]))
         spec = read_json(local/"extra_files"/TRANSFORM_FILE, TransformSpec)
         contract_path = local/"extra_files"/CONTRACT_FILE
         contract = read_json(contract_path, DataContract) if contract_path.exists() else None
     finally: shutil.rmtree(local, ignore_errors=True)
-    meta = model.metadata or {}
+    meta = model.get("metadata") or {}
     return ModelBundle(booster, spec, float(meta["threshold"]), settings.model_name, str(mv.version),
                        meta.get("data_digest", ""), meta.get("train_until", ""), contract,
                        mv.tags.get("git_commit", ""), mv.run_id or "", meta.get("split"))
