@@ -73,9 +73,11 @@ bench: venv
 	$(BIN)/python bench/tune_bench.py
 	$(BIN)/python bench/busy.py
 
-## lock: resolve requirements.in into exact pins in requirements.lock
+## lock: resolve requirements.in into exact pins in requirements.lock, and the images' requirements-serve.in and requirements-pipeline.in into theirs, at the same versions
 lock:
 	$(UV) pip compile -q requirements.in -o requirements.lock --python-version 3.11
+	$(UV) pip compile -q requirements-serve.in -c requirements.lock -o requirements-serve.lock --python-version 3.11
+	$(UV) pip compile -q requirements-pipeline.in -c requirements.lock -o requirements-pipeline.lock --python-version 3.11
 
 ## docs: the documentation site in _docs/, from the notebooks and the latest run, rendered by nbdev with Quarto (offline; Quarto must be installed)
 docs: venv

@@ -42,3 +42,18 @@ def test_serving_and_monitoring_reach_models_through_the_registry(name):
 
 def test_the_checks_see_every_notebook_module():
     assert {"config", "runs", "registry", "prepare", "drift", "runner", "clean", "evaluate", "serve", "monitor"} <= set(MODULES)
+
+
+def _pins(lock:str) -> dict[str, str]:
+    "The exact versions a lock file pins, by package name."
+    root = Path(__file__).resolve().parents[1]
+    return dict(line.split("==", 1) for line in (root/lock).read_text().splitlines() if "==" in line and not line.startswith((" ", "#")))
+
+
+@pytest.mark.parametrize("lock", ["requirements-serve.lock", "requirements-pipeline.lock"])
+def test_the_images_install_the_versions_the_tests_ran(lock):
+    "An image's lock pins each package at the version of requirements.lock (`make lock` holds them to it); its xgboost-cpu at xgboost's."
+    tested, image = _pins("requirements.lock"), _pins(lock)
+    assert image.pop("xgboost-cpu") == tested["xgboost"] and "xgboost" not in image
+    assert {name: version for name, version in image.items() if tested.get(name) != version} == {}
+    assert not {"jupyterlab", "pytest", "hypothesis", "selenium", "moto", "schemathesis", "podman-compose"} & image.keys()  # the test tools stay out
