@@ -153,17 +153,23 @@ def test_heartbeat_fails_the_trial_of_a_worker_killed_on_another_machine():
                     .replace("journal_storage(sys.argv[1])", "study_storage(TuneSettings(storage=sys.argv[1], heartbeat_seconds=1), None)")
                     .replace('study_name="shared"', f'study_name="{name}"'))
     storage = study_storage(TuneSettings(storage=url, heartbeat_seconds=1), None)
-    first = subprocess.Popen([sys.executable, "-c", script, url, "50", "1", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try: running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            except KeyError: running = []
-            if running and running[0].intermediate_values: break  # training, so its heartbeat has begun
-            time.sleep(0.2)
-        else: pytest.fail("the first worker never got into a trial")
-    finally: first.kill(); first.wait()
-    [orphan] = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    def killed_in_a_trial() -> list:
+        "Start a worker, kill it once a trial of its is training: the trials it left running."
+        first = subprocess.Popen([sys.executable, "-c", script, url, "50", "1", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                try: running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                except KeyError: running = []
+                if running and running[0].intermediate_values: break  # training, so its heartbeat has begun
+                time.sleep(0.2)
+            else: pytest.fail("the first worker never got into a trial")
+        finally: first.kill(); first.wait()
+        return optuna.load_study(study_name=name, storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    for _ in range(5):  # the kill can land between a pruned trial and the next one: then no trial is left running, and it is tried again
+        left_running = killed_in_a_trial()
+        if left_running: break
+    [orphan] = left_running
     storage.set_trial_user_attr(orphan._trial_id, "worker", "another-machine:1")  # its process cannot be looked up from here
     time.sleep(4)  # longer than the grace period: three missed heartbeats
     done = len(optuna.load_study(study_name=name, storage=storage).get_trials(states=FINISHED))
