@@ -12,7 +12,7 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -128,6 +128,7 @@ class GateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window_rows: int = 5000  # the latest served rows whose true label has arrived, judged too when there are enough
     min_window_rows: int = 200  # fewer labelled rows (or a single class) and the window is not judged
     max_window_drop: float = 0.01  # on that window, the challenger's ROC AUC may fall at most this below the champion's
+    live_min_rows: int = 500  # the live check judges a shadow challenger only over at least this many labelled rows it scored (both classes)
 
 
 # %% ../nbs/00_config.ipynb #5e2a2d55
@@ -148,6 +149,9 @@ class ServeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_keys: list[str] = msgspec.field(default_factory=list)  # when set, /predict and /feedback need `X-API-Key`
     log_queue: int = 10_000  # requests waiting to be logged; beyond it their rows are counted as dropped, never waited for
     log_batch_seconds: float = 0.05  # the inference log writes at most this long after a prediction (short writes: short pauses)
+    shadow_alias: str = "challenger"  # a version holding this alias also scores requests in shadow, after their answer is sent; empty: off
+    shadow_fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0  # the share of requests scored in shadow (0 to 1)
+    shadow_queue: int = 1000  # requests waiting for the shadow model; beyond it a request is not shadow-scored (counted), never waited for
     log_durability: Literal["batched", "sync"] = "batched"  # batched: answers leave before their rows are written (a SIGKILL loses the last batch window); sync: only after they are committed
 
 
@@ -188,6 +192,7 @@ class ScheduleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     "When `mlops_schedule` monitors and retrains: standard five-field cron expressions."
     monitor: str = "15 * * * *"  # every hour at :15; empty: never
     retrain: str = "0 3 * * 1"  # Mondays at 03:00; empty: only on alerts
+    live_gate: str = ""  # when the challenger scored in shadow is judged on live traffic (and promoted if it wins); empty: never
     timezone: str = "UTC"  # the zone the expressions are read in
     retrain_on_alert: bool = True  # a new incident of an alert rule with `retrain` starts a run
     retrain_cooldown_hours: float = 24.0  # no retraining on an alert within this time of the latest run's start

@@ -23,8 +23,8 @@ from fastcore.basics import patch
 from .records import write_atomic
 
 # %% auto #0
-__all__ = ['log', 'PREDICTIONS', 'FEEDBACK', 'create_tables', 'store_engine', 'InferenceLog', 'read_inference_log',
-           'read_feedback', 'labelled_predictions']
+__all__ = ['log', 'PREDICTIONS', 'FEEDBACK', 'SHADOW', 'create_tables', 'store_engine', 'InferenceLog', 'read_inference_log',
+           'read_shadow', 'read_feedback', 'labelled_predictions', 'labelled_shadow']
 
 # %% ../nbs/04b_inference_log.ipynb #d49d83db
 log = logging.getLogger(__name__)
@@ -46,6 +46,14 @@ FEEDBACK = sa.Table("feedback", _meta,
     sa.Column("row", sa.Integer, nullable=False),
     sa.Column("label", sa.Integer, nullable=False),
     sa.Column("time", sa.String(40), nullable=False))
+SHADOW = sa.Table("shadow_predictions", _meta,  # the challenger's answers to the same rows, scored after the champion's were sent
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("row", sa.Integer, nullable=False),
+    sa.Column("time", sa.String(40), nullable=False),
+    sa.Column("model_version", sa.String(40), nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("label", sa.Integer, nullable=False))
 
 def create_tables(metadata:sa.MetaData, engine:sa.Engine) -> None:
     "Create the tables of `metadata` that do not exist yet; on PostgreSQL under an advisory lock, as servers that start together would collide."
@@ -77,7 +85,7 @@ def _json(row:dict) -> str:
     return _json_encoder.encode(row).decode()
 
 _CHUNK = 256  # rows per executemany: the writer lets go of the GIL between chunks
-_TABLES = {"prediction": PREDICTIONS, "feedback": FEEDBACK}
+_TABLES = {"prediction": PREDICTIONS, "feedback": FEEDBACK, "shadow": SHADOW}
 _COLUMNS = {kind: [c.name for c in table.columns if c.name != "id"] for kind, table in _TABLES.items()}  # a record's order
 
 def _insert_sql(engine:sa.Engine, kind:str) -> str:
@@ -89,6 +97,10 @@ def _insert_sql(engine:sa.Engine, kind:str) -> str:
 def _records(kind:str, payload) -> list[tuple[str, tuple]]:
     "The rows to insert for one queued item; the JSON of the inputs is made here, off the request path."
     if kind == "feedback": return [(kind, payload)]
+    if kind == "shadow":
+        request_id, seconds, version, proba, labels = payload
+        now = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+        return [(kind, (request_id, i, now, version, p, l)) for i, (p, l) in enumerate(zip(proba.tolist(), labels.tolist()))]
     request_id, seconds, version, inputs, proba, labels = payload
     now = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
     return [(kind, (request_id, i, now, version, _json(row), p, l))
@@ -132,6 +144,10 @@ class InferenceLog:
     def add_feedback(self, request_id:str, row:int, label:int, on_commit:Callable[[bool], None]|None=None) -> bool:
         "Queue the true label of one predicted row."
         return self._put(("feedback", (request_id, row, label, _utc_now()), on_commit), 1)
+
+    def add_shadow(self, request_id:str, model_version:str, proba:np.ndarray, labels:np.ndarray) -> bool:
+        "Queue a shadow model's answers to the rows of request `request_id`, beside the champion's."
+        return self._put(("shadow", (request_id, time.time(), model_version, proba, labels), None), len(proba))
 
     def rows_of(self, request_id:str) -> int:
         "How many rows the request `request_id` had; 0 when it is unknown."
@@ -262,6 +278,17 @@ def read_inference_log(url:str, last:int=5000) -> pl.DataFrame:
     inputs = pl.DataFrame([json.loads(s) for s in df["inputs"]], infer_schema_length=None)
     return pl.concat([df.drop("inputs"), inputs], how="horizontal")
 
+def read_shadow(url:str) -> pl.DataFrame:
+    "Every shadow answer: request, row, the shadow version, its probability and label."
+    engine = store_engine(url)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(sa.select(SHADOW.c.request_id, SHADOW.c.row, SHADOW.c.model_version, SHADOW.c.probability, SHADOW.c.label)
+                              .order_by(SHADOW.c.id)).all()
+    finally: engine.dispose()
+    schema = {"request_id": pl.String, "row": pl.Int64, "shadow_version": pl.String, "shadow_probability": pl.Float64, "shadow_label": pl.Int64}
+    return pl.DataFrame([tuple(r) for r in rows], schema=schema, orient="row")
+
 def read_feedback(url:str) -> pl.DataFrame:
     "Each predicted row's latest true label, with when it arrived."
     engine = store_engine(url)
@@ -280,3 +307,11 @@ def labelled_predictions(url:str, last:int=5000) -> pl.DataFrame:
     logged = read_inference_log(url, last=max(10*last, 50_000))
     if logged.is_empty(): return logged
     return logged.join(read_feedback(url), on=["request_id", "row"], how="inner").tail(last)
+
+def labelled_shadow(url:str) -> pl.DataFrame:
+    "The served rows that a shadow model also answered and whose true label has arrived: both answers side by side, with `true_label`."
+    shadow = read_shadow(url)
+    if shadow.is_empty(): return shadow
+    logged = read_inference_log(url, last=10*shadow.height + 50_000)
+    if logged.is_empty(): return logged
+    return logged.join(shadow, on=["request_id", "row"], how="inner").join(read_feedback(url), on=["request_id", "row"], how="inner")

@@ -13,6 +13,8 @@ import keyword
 import logging
 import math
 import os
+import random
+import threading
 import time
 import uuid
 from collections import deque
@@ -30,6 +32,7 @@ import xgboost as xgb
 from fastcore.basics import patch
 from fastcore.script import call_parse
 from litestar import Litestar, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
@@ -48,7 +51,7 @@ from .records import ColumnRule, DataContract, TransformSpec
 
 # %% auto #0
 __all__ = ['log', 'LATENCY_BUCKETS', 'field_type', 'attribute_names', 'request_type', 'RequestError', 'iso_times', 'example_row',
-           'Served', 'top_contributions', 'Batcher', 'ServerMetrics', 'Server', 'LoadFailed', 'Contribution',
+           'Served', 'top_contributions', 'Batcher', 'ServerMetrics', 'Shadow', 'Server', 'LoadFailed', 'Contribution',
            'Prediction', 'PredictResponse', 'Feedback', 'ErrorBody', 'create_app', 'app_client', 'mlops_serve']
 
 # %% ../nbs/06_serve.ipynb #aa80976f
@@ -348,6 +351,10 @@ class ServerMetrics:
         self.in_flight = Gauge("mlops_predictions_in_flight", "Predictions being computed", registry=r)
         self.log_errors = Counter("mlops_inference_log_errors", "Failed writes to the inference log", registry=r)
         self.log_dropped = Counter("mlops_inference_log_dropped", "Rows not logged because the log queue was full", registry=r)
+        self.shadow_version = Gauge("mlops_shadow_version", "The version scoring requests in shadow (0: none)", ["model"], registry=r)
+        self.shadow_rows = Counter("mlops_shadow_rows", "Rows the shadow version scored, after their answers had left", registry=r)
+        self.shadow_errors = Counter("mlops_shadow_errors", "Shadow failures by step (load, request, predict, log); none reaches an answer", ["step"], registry=r)
+        self.shadow_dropped = Counter("mlops_shadow_dropped", "Requests not scored in shadow because its queue was full", registry=r)
 
         self._children = {}  # label lookups take a lock: each series is looked up once
 
@@ -367,6 +374,79 @@ class ServerMetrics:
         if label not in self._children: self._children[label] = self.predictions.labels(label)
         return self._children[label]
 
+# %% ../nbs/06_serve.ipynb #68d9702e
+class Shadow:
+    "A second version scoring requests after their answers have left, in a thread of its own: nothing it does or fails to do reaches an answer."
+    def __init__(self, fraction:float, max_queue:int, metrics:ServerMetrics, seed:int|None=None):
+        self.served: Served|None = None
+        self.failed_version: str|None = None  # a version that failed to load: not tried again until the alias moves
+        self.fraction, self.max_queue, self.metrics = fraction, max_queue, metrics
+        self.log: InferenceLog|None = None
+        self.queue: deque[tuple[Served, bytes, str]] = deque()
+        self._random = random.Random(seed)
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread: threading.Thread|None = None
+        self._warned: dict[str, float] = {}  # step -> when a failure of it was last logged
+
+    async def offer(self, body:bytes, request_id:str) -> None:
+        "Queue an answered request for the shadow version (the share `fraction` of them); never waits."
+        served = self.served
+        if served is None or (self.fraction < 1 and self._random.random() >= self.fraction): return
+        if len(self.queue) >= self.max_queue: return self.metrics.shadow_dropped.inc()
+        self.queue.append((served, body, request_id))
+        self._wake.set()
+
+    def start(self, log:InferenceLog) -> None:
+        self.log = log
+        self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout:float=5.0) -> None:
+        "Stop after the request being scored; what is still queued is not scored."
+        self._stop.set()
+        self._wake.set()
+        if self._thread: self._thread.join(timeout)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            while self.queue and not self._stop.is_set():
+                taken = [self.queue.popleft() for _ in range(min(len(self.queue), 256))]  # what queued together is predicted together
+                for served in {id(s): s for s, _, _ in taken}.values():
+                    self.score(served, [(body, request_id) for s, body, request_id in taken if s is served])
+
+# %% ../nbs/06_serve.ipynb #3e5d2c47
+@patch
+def score(self:Shadow, served:Served, requests:list[tuple[bytes, str]]) -> int:
+    "Score requests (body, request id) with the shadow version in one prediction and log its answers; how many were logged. Failures are counted by step and logged, never raised."
+    read = []
+    for body, request_id in requests:
+        try: read.append((served.columns(body), request_id))
+        except Exception as e: self._failed("request", served, request_id, e)
+    if not read: return 0
+    try: out = served.predict(served.frame({c: [v for columns, _ in read for v in columns[c]] for c in served.schema}))
+    except Exception as e:
+        if len(read) > 1: return sum(self.score(served, [(body, request_id)]) for body, request_id in requests if request_id in {r for _, r in read})  # find the one at fault
+        self._failed("predict", served, read[0][1], e)
+        return 0
+    logged, start = 0, 0
+    for columns, request_id in read:
+        n = len(next(iter(columns.values())))
+        if self.log.add_shadow(request_id, served.bundle.version, out["proba"][start:start + n], out["labels"][start:start + n]):
+            logged += 1
+            self.metrics.shadow_rows.inc(n)
+        else: self._failed("log", served, request_id, RuntimeError("the inference log's queue is full"))
+        start += n
+    return logged
+
+@patch
+def _failed(self:Shadow, step:str, served:Served, request_id:str, error:Exception):
+    self.metrics.shadow_errors.labels(step).inc()
+    if time.monotonic() - self._warned.get(step, -math.inf) > 60:  # at most once a minute per step: a broken shadow must not flood the log
+        self._warned[step] = time.monotonic()
+        log.warning("shadow v%s: %s failed (request %s), and is counted in mlops_shadow_errors_total: %s", served.bundle.version, step, request_id, error)
+
 # %% ../nbs/06_serve.ipynb #4809e688
 def _cores() -> int: return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -384,6 +464,7 @@ class Server:
         self.threads = self.s.threads or max(1, _cores() - 1)  # a core stays with the event loop
         self.xgboost_threads = max(1, self.s.xgboost_threads)
         self.batcher = Batcher(self.threads, self.s.max_rows, self.s.explain_top)
+        self.shadow = Shadow(self.s.shadow_fraction, self.s.shadow_queue, self.metrics)
         self.in_flight = 0
         self.metrics.in_flight.set_function(lambda: self.in_flight)  # read when scraped, not kept up per request
         self.failed_version: str|None = None
@@ -404,6 +485,7 @@ class Server:
         self.inference_log = InferenceLog(self.settings.inference_log_url, spool=self.settings.state/"inference_spool.jsonl",
                                           max_queue=self.s.log_queue, batch_seconds=self.s.log_batch_seconds,
                                           on_error=m.log_errors.inc, on_drop=m.log_dropped.inc, durable=self.s.log_durability == "sync")
+        self.shadow.start(self.inference_log)
 
     def check_api_key(self, request:Request):
         if self.s.api_keys and not any(_same_secret(request.headers.get("x-api-key", ""), k) for k in self.s.api_keys):
@@ -437,34 +519,74 @@ def candidate(self:Server, version:str|None=None, force:bool=False) -> Served|No
         if version is None or version == current or (version == self.failed_version and not force): return None
         self.failed_version = version  # until it has warmed up
         bundle = _step(f"loading v{version} failed", load_bundle, self.settings, version=version)
+    served = self.ready_to_serve(bundle)
+    self.failed_version = None
+    return served
+
+@patch
+def ready_to_serve(self:Server, bundle:ModelBundle) -> Served:
+    "`bundle` made ready to answer and warmed up, or a `LoadFailed`."
     bundle.booster.set_param({"nthread": self.xgboost_threads})
     known = bundle.contract.columns if bundle.contract else {}
     sent_beside = [self.settings.data.time_column, *self.settings.data.id_columns]  # logged for monitoring by the data's own time
     served = Served(bundle, self.s.max_rows, {c: known[c].type for c in sent_beside if c in known})
     _step(f"v{bundle.version} failed its warm-up", served.warm_up)
-    self.failed_version = None
     return served
 
 @patch
 async def reload(self:Server, force:bool=False) -> dict:
-    "Swap in the alias' version if it changed; what happened."
+    "Swap in the alias' version if it changed, and the shadow alias' version; what happened to the champion."
     async with self.reload_lock:
-        before = self.served.bundle.version if self.served else None
-        self.loading_since = time.monotonic()
-        try: served = await anyio.to_thread.run_sync(lambda: self.candidate(force=force), abandon_on_cancel=True)  # a stop need not wait for the registry
-        except LoadFailed as e:
-            self.metrics.reload_failures.inc()
-            self.last_reload_error = str(e)
-            if self.served is None: self.not_ready = str(e)
-            log.error("model reload failed, %s: %s", f"still serving v{before}" if before else "no model served", e)
-            return {"changed": False, "model_version": before, "error": self.last_reload_error}
-        finally: self.loading_since, self.attempts = None, self.attempts + 1
-        if served is None: return {"changed": False, "model_version": before}
-        self.served = served
-        self.metrics.reloads.inc()
-        self.metrics.model_version.labels(served.bundle.name).set(float(served.bundle.version or 0))
-        log.info("now serving %s v%s (was v%s)", served.bundle.name, served.bundle.version, before)
-        return {"changed": True, "model_version": served.bundle.version, "previous_version": before}
+        outcome = await self._reload_champion(force)
+        await self.reload_shadow()
+        return outcome
+
+@patch
+async def _reload_champion(self:Server, force:bool=False) -> dict:
+    "Swap in the version holding the model alias if it changed."
+    before = self.served.bundle.version if self.served else None
+    self.loading_since = time.monotonic()
+    try: served = await anyio.to_thread.run_sync(lambda: self.candidate(force=force), abandon_on_cancel=True)  # a stop need not wait for the registry
+    except LoadFailed as e:
+        self.metrics.reload_failures.inc()
+        self.last_reload_error = str(e)
+        if self.served is None: self.not_ready = str(e)
+        log.error("model reload failed, %s: %s", f"still serving v{before}" if before else "no model served", e)
+        return {"changed": False, "model_version": before, "error": self.last_reload_error}
+    finally: self.loading_since, self.attempts = None, self.attempts + 1
+    if served is None: return {"changed": False, "model_version": before}
+    self.served = served
+    self.metrics.reloads.inc()
+    self.metrics.model_version.labels(served.bundle.name).set(float(served.bundle.version or 0))
+    log.info("now serving %s v%s (was v%s)", served.bundle.name, served.bundle.version, before)
+    return {"changed": True, "model_version": served.bundle.version, "previous_version": before}
+
+@patch
+def shadow_candidate(self:Server) -> tuple[bool, Served|None]:
+    "Whether the shadow version should change, and to what: the one holding the shadow alias, loaded and warmed, or None when no other than the champion holds it."
+    version = champion_version(self.settings, self.s.shadow_alias)
+    champion = self.served.bundle.version if self.served else None
+    current = self.shadow.served.bundle.version if self.shadow.served else None
+    if version is None or version == champion: return current is not None, None
+    if version == current or version == self.shadow.failed_version: return False, None
+    self.shadow.failed_version = version  # until it has warmed up
+    served = self.ready_to_serve(_step(f"loading v{version} failed", load_bundle, self.settings, version=version))
+    self.shadow.failed_version = None
+    return True, served
+
+@patch
+async def reload_shadow(self:Server) -> None:
+    "Follow the shadow alias; a version that fails to load is counted and logged, and scores nothing."
+    if not self.s.shadow_alias or self.fixed_bundle is not None: return
+    try: changed, served = await anyio.to_thread.run_sync(self.shadow_candidate, abandon_on_cancel=True)
+    except Exception as e:
+        self.metrics.shadow_errors.labels("load").inc()
+        return log.error("shadow: %s; %s", e, f"v{self.shadow.served.bundle.version} goes on scoring" if self.shadow.served else "nothing is scored in shadow")
+    if not changed: return
+    before, self.shadow.served = self.shadow.served, served
+    self.metrics.shadow_version.labels(self.settings.model_name).set(float(served.bundle.version) if served else 0.0)
+    log.info("shadow: %s (was %s)", f"v{served.bundle.version} scores requests beside the champion" if served else "off",
+             f"v{before.bundle.version}" if before else "off")
 
 # %% ../nbs/06_serve.ipynb #6d21f738
 @patch
@@ -577,7 +699,9 @@ async def _predict(server:Server, request:Request, explain:bool, features:bool) 
     finally: server.in_flight -= 1
     request_id = server.next_request_id()
     await _logged(server, lambda told: server.inference_log.append(request_id, served.bundle.version, columns, out["proba"], out["labels"], told))
-    return _answer(server, served, request_id, out)
+    answer = _answer(server, served, request_id, out)
+    if server.shadow.served is not None: answer.background = BackgroundTask(server.shadow.offer, await request.body(), request_id)  # once the answer has left
+    return answer
 
 async def _logged(server:Server, put:Callable[[Callable|None], bool]) -> None:
     "Queue a record with `put`; with \"sync\" durability, return only once it is committed, or refuse with 503: nothing is answered unrecorded."
@@ -676,13 +800,15 @@ def _endpoints(server:Server) -> list:
         return Response(answer, status_code=200 if answer["ready"] else 503)
 
     @get("/version", responses=_errors(503))
-    async def version() -> dict[str, str|float]:
+    async def version() -> dict[str, str|float|None]:
         "The model answering: name, version, threshold, data digest, git commit, registering run."
         served = server.served
         if served is None: raise RequestError(503, f"no model loaded yet: {server.not_ready}", "no_model")
         b = served.bundle
+        shadow = server.shadow.served
         return {"model_name": b.name, "model_version": b.version, "threshold": b.threshold, "data_digest": b.data_digest,
-                "git_commit": b.git_commit, "run_id": b.run_id, "train_until": b.train_until}
+                "git_commit": b.git_commit, "run_id": b.run_id, "train_until": b.train_until,
+                "shadow_version": shadow.bundle.version if shadow else None}
 
     @get("/metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics() -> bytes:
@@ -729,6 +855,7 @@ def create_app(settings:Settings, bundle:ModelBundle|None=None) -> Litestar:
                 finally: tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):  # the log is written out whatever cancelled the app
+                await anyio.to_thread.run_sync(server.shadow.stop)
                 await anyio.to_thread.run_sync(server.inference_log.close)
     openapi = OpenAPIConfig(title="mlops_nb prediction API", version="1", path="/schema", use_handler_docstrings=True,
                             render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],  # the HTML viewers need a CDN

@@ -280,3 +280,106 @@ def test_inference_log_in_postgresql_when_configured():
     log.close()
     labelled = labelled_predictions(url)
     assert labelled.select("request_id", "row", "carrier", "probability", "true_label").rows() == [("pg1", 1, "B6", 0.9, 1)]
+
+
+def _shadow_rows(settings, request_ids:set[str]):
+    from mlops_nb.inference_log import read_shadow
+    shadow = read_shadow(settings.inference_log_url)
+    return shadow.filter(shadow["request_id"].is_in(list(request_ids)))
+
+
+def _wait_for_shadow(version_of, version:str|None, seconds:float=30):
+    deadline = time.time() + seconds
+    while version_of() != version and time.time() < deadline: time.sleep(0.1)
+    assert version_of() == version, f"the shadow version is {version_of()}, not {version}"
+
+
+def test_the_challenger_scores_in_shadow_and_a_failing_one_touches_no_answer(registry):
+    """In process, with v2 as the challenger: it scores each request after its answer, logged beside v1's; a shadow whose predictions
+    fail, and a challenger whose files were tampered with, are counted, and every answer stays v1's, unchanged."""
+    import msgspec
+    import numpy as np
+    import polars as pl
+    from mlops_nb.registry import load_bundle
+    from mlops_nb.serve import app_client, create_app
+    settings, _, rows = registry
+    fast = msgspec.structs.replace(settings, serve=msgspec.structs.replace(settings.serve, poll_seconds=0.2))
+    use_tracking(settings)  # the registry is the session's: another module may have pointed MLflow elsewhere
+    client, name = mlflow.MlflowClient(), settings.model_name
+    client.set_registered_model_alias(name, "challenger", "2")
+    expected = {v: load_bundle(settings, version=v).predict_proba(pl.DataFrame(rows[:5])) for v in ("1", "2")}
+    recorded = client.get_model_version(name, "2").tags["files_sha256"]
+    try:
+        with app_client(create_app(fast)) as app:
+            _wait_for_shadow(lambda: app.get("/version").json()["shadow_version"], "2")
+            answers = [app.post("/predict", json={"rows": rows[:5]}) for _ in range(3)]
+            assert {a.status_code for a in answers} == {200} and {a.headers["x-model-version"] for a in answers} == {"1"}
+            for a in answers: np.testing.assert_allclose([p["probability"] for p in a.json()["predictions"]], expected["1"], rtol=1e-6)
+            ids = {a.json()["request_id"] for a in answers}
+            deadline = time.time() + 20
+            while _shadow_rows(settings, ids).height < 15 and time.time() < deadline: time.sleep(0.1)
+            shadow = _shadow_rows(settings, ids)
+            assert shadow.height == 15 and set(shadow["shadow_version"]) == {"2"}
+            np.testing.assert_allclose(shadow.sort("request_id", "row")["shadow_probability"], np.tile(expected["2"], 3), rtol=1e-6)
+            server = app.app.state.server
+            def broken(*args, **kwargs): raise RuntimeError("the shadow model broke")
+            server.shadow.served.predict = broken
+            after = [app.post("/predict", json={"rows": rows[:5]}) for _ in range(3)]
+            assert [a.json()["predictions"] for a in after] == [a.json()["predictions"] for a in answers]
+            deadline = time.time() + 20
+            while metric(app.get("/metrics").text, 'mlops_shadow_errors_total{step="predict"}') < 3 and time.time() < deadline: time.sleep(0.1)
+            assert metric(app.get("/metrics").text, 'mlops_shadow_errors_total{step="predict"}') == 3
+        client.set_model_version_tag(name, "2", "files_sha256", json.dumps({**json.loads(recorded), "model.ubj": "0"*64}))
+        with app_client(create_app(fast)) as app:  # a server starting beside a challenger that fails its integrity check
+            deadline = time.time() + 20
+            while metric(app.get("/metrics").text, 'mlops_shadow_errors_total{step="load"}') < 1 and time.time() < deadline: time.sleep(0.1)
+            assert metric(app.get("/metrics").text, 'mlops_shadow_errors_total{step="load"}') >= 1
+            assert app.get("/ready").status_code == 200 and app.get("/version").json()["shadow_version"] is None
+            answer = app.post("/predict", json={"rows": rows[:5]})
+            assert answer.status_code == 200 and answer.json()["predictions"] == answers[0].json()["predictions"]
+    finally:
+        client.set_model_version_tag(name, "2", "files_sha256", recorded)
+        client.set_registered_model_alias(name, "challenger", "2")
+
+
+@pytest.mark.slow
+def test_shadow_scoring_under_load_changes_no_answer(registry):
+    "Eight clients for LOAD_SECONDS against the server process with v2 in shadow: every answer is v1's own; every request is scored in shadow or counted as skipped."
+    import numpy as np
+    import polars as pl
+    from mlops_nb.registry import load_bundle
+    settings, path, rows = registry
+    use_tracking(settings)
+    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "challenger", "2")
+    champion = load_bundle(settings, version="1")
+    expected = champion.predict_proba(pl.DataFrame(rows[:100]))
+    server = ServerProcess(path, MLOPS_SERVE__POLL_SECONDS="0.5")
+    answered, wrong, failures, stop = [], [], [], threading.Event()
+    def load():
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                start = i % 97
+                try: r = http.post("/predict", json={"rows": rows[start:start + 1 + i % 3]})
+                except httpx.HTTPError as e:
+                    failures.append(repr(e)); continue
+                if r.status_code != 200: failures.append(f"{r.status_code}: {r.text[:200]}"); continue
+                got = [p["probability"] for p in r.json()["predictions"]]
+                if r.json()["model_version"] != "1" or not np.allclose(got, expected[start:start + len(got)], rtol=1e-6): wrong.append(r.text[:300])
+                answered.append((r.json()["request_id"], len(got)))
+    try:
+        _wait_for_shadow(lambda: httpx.get(f"{server.url}/version").json()["shadow_version"], "2")
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(8): pool.submit(load)
+            time.sleep(LOAD_SECONDS)
+            stop.set()
+        time.sleep(2)  # the shadow's queue drains
+        text = httpx.get(f"{server.url}/metrics").text
+    finally: server.stop()
+    assert not failures and not wrong, (failures[:5], wrong[:5])
+    shadowed = _shadow_rows(settings, {i for i, _ in answered}).group_by("request_id").len()
+    skipped = metric(text, "mlops_shadow_dropped_total")
+    assert shadowed.height + skipped == len(answered), (shadowed.height, skipped, len(answered))
+    assert metric(text, "mlops_shadow_errors_total") == 0 and metric(text, "mlops_shadow_rows_total") == shadowed["len"].sum()
+    print(f"\n{len(answered)} answers in {LOAD_SECONDS:.0f} s, {shadowed.height} scored in shadow, {skipped:.0f} skipped")
