@@ -61,7 +61,7 @@ def retrain(settings:Settings, reasons:list[str]) -> dict:
     return {k: getattr(ledger, k) for k in ("run_id", "status", "registered_version", "promoted", "champion")}
 
 # %% ../nbs/10_loop.ipynb #8a4bbf86
-JOBS = ("monitor", "retrain")
+JOBS = ("monitor", "retrain", "live_gate")
 
 def cron_trigger(expression:str, zone:str, name:str):
     "APScheduler's trigger for a five-field cron expression; a clear error naming the setting when it is not one."
@@ -82,6 +82,10 @@ def run_job(settings:Settings, name:str) -> dict:
             reasons = retrain_reasons(report, latest_run_start(settings), started, settings.schedule.retrain_cooldown_hours)
             if reasons and settings.schedule.retrain_on_alert: record["retrain"] = retrain(settings, reasons)
         elif name == "retrain": record["retrain"] = retrain(settings, ["scheduled"])
+        elif name == "live_gate":
+            from mlops_nb.live import live_gate
+            decision = live_gate(settings)
+            record["live_gate"] = msgspec.to_builtins(decision) if decision else {"reason": "no challenger besides the champion"}
         else: raise ValueError(f"no job {name!r}: the jobs are {JOBS}")
         record["status"] = "failed" if record.get("retrain", {}).get("status") == "failed" else "ok"
     except (StageFailed, Unreachable, RuntimeError, OSError) as e:
@@ -98,7 +102,7 @@ def run_job(settings:Settings, name:str) -> dict:
 # %% ../nbs/10_loop.ipynb #58e10e43
 @call_parse
 def mlops_schedule(config:str=None, # settings file (TOML); default: MLOPS_CONFIG or ./mlops.toml
-                   once:str=None, # run this job now and exit: monitor or retrain
+                   once:str=None, # run this job now and exit: monitor, retrain or live_gate
                   ):
     "Run monitoring and retraining on their cron schedules (or one job now with --once)."
     from apscheduler.schedulers.blocking import BlockingScheduler

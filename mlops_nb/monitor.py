@@ -23,12 +23,13 @@ from .contract import schema_of
 from .drift import compare, drift_reference
 from .registry import ModelBundle, load_bundle
 from .ingest import read_snapshot
-from .inference_log import create_tables, read_feedback, read_inference_log, store_engine
+from .inference_log import create_tables, labelled_shadow, read_feedback, read_inference_log, store_engine
 
 # %% auto #0
 __all__ = ['log', 'ALERTS', 'features_as_sent', 'assign_windows', 'measured_performance', 'estimated_performance',
-           'training_reference', 'window_table', 'fired_alerts', 'record_alerts', 'read_alerts', 'plot_drift',
-           'plot_drift_over_time', 'plot_performance', 'monitor_report', 'report_html', 'run_monitor', 'mlops_monitor']
+           'training_reference', 'window_table', 'latest_pair', 'shadow_windows', 'fired_alerts', 'record_alerts',
+           'read_alerts', 'plot_drift', 'plot_drift_over_time', 'plot_performance', 'monitor_report', 'report_html',
+           'run_monitor', 'mlops_monitor']
 
 # %% ../nbs/07_monitor.ipynb #47bda232
 log = logging.getLogger(__name__)
@@ -110,6 +111,27 @@ def window_table(logged:pl.DataFrame, feedback:pl.DataFrame, bundle:ModelBundle,
                      "prediction_psi": moved["psi"], "prediction_wasserstein": moved["wasserstein"]})
         drifts.append(drift)
     return pl.DataFrame(rows, infer_schema_length=None), pl.concat(drifts) if drifts else pl.DataFrame()
+
+# %% ../nbs/07_monitor.ipynb #360e4863
+def latest_pair(labelled:pl.DataFrame, champion:str) -> pl.DataFrame:
+    "The labelled shadow rows that `champion` answered beside the challenger it met most recently."
+    if labelled.is_empty(): return labelled
+    mine = labelled.filter(pl.col("model_version") == champion)
+    return mine if mine.is_empty() else mine.filter(pl.col("shadow_version") == mine["shadow_version"][-1])
+
+def shadow_windows(labelled:pl.DataFrame, monitor:MonitorSettings) -> pl.DataFrame:
+    "Per window, and over `all`: rows, and the champion's and the challenger's ROC AUC, precision, recall (at each one's threshold) and calibration gap."
+    if labelled.is_empty(): return pl.DataFrame()
+    labelled = assign_windows(labelled, monitor)
+    names = sorted(labelled["window"].drop_nulls().unique().to_list())[-monitor.windows:]
+    rows = []
+    for name, part in [(n, labelled.filter(pl.col("window") == n)) for n in names] + [("all", labelled)]:
+        y = part["true_label"].to_numpy()
+        scores = {who: measured_performance(y, part[f"{prefix}probability"].to_numpy(), part[f"{prefix}label"].to_numpy(), monitor.min_labelled)
+                  for who, prefix in (("champion", ""), ("challenger", "shadow_"))}
+        rows.append({"window": name, "rows": part.height, "champion_version": part["model_version"][-1], "challenger_version": part["shadow_version"][-1],
+                     **{f"{who}_{k}": v for who, s in scores.items() for k, v in s.items()}})
+    return pl.DataFrame(rows, infer_schema_length=None)
 
 # %% ../nbs/07_monitor.ipynb #b2439ccc
 def _breached(value, rule:AlertRule) -> bool:
@@ -260,8 +282,11 @@ def monitor_report(settings:Settings, out_dir:Path|None=None, now:datetime|None=
               "features": latest.to_dicts(), "prediction_psi": last["prediction_psi"], "drifted_features": drifted,
               "drift_detected": bool(drifted) or last["prediction_psi"] > m.thresholds.get("psi", 0.2),
               "windows": windows.to_dicts(), "alerts": alerts, "new_alerts": [a for a in alerts if a["new_incident"]]}
+    shadow = shadow_windows(latest_pair(labelled_shadow(settings.inference_log_url), bundle.version), m)
+    if shadow.height: report["shadow"] = shadow.to_dicts()
     write_json(out/"monitor.json", report)
     windows.write_csv(out/"windows.csv"); drifts.write_csv(out/"drift.csv")
+    if shadow.height: shadow.write_csv(out/"shadow.csv")
     plot_drift(latest, m).savefig(out/"drift.png", dpi=100)
     plot_drift_over_time(drifts).savefig(out/"drift_over_time.png", dpi=100)
     plot_performance(windows, alerts).savefig(out/"performance.png", dpi=100)
@@ -299,7 +324,9 @@ def run_monitor(settings:Settings, out:Path) -> dict:
     use_tracking(settings)
     with mlflow.start_run(run_name=f"monitor {out.name}", tags={"mlops_nb.kind": "monitor", "model_version": str(report.get("model_version", ""))}):
         latest = report["windows"][-1] if report.get("windows") else {}
+        live = report["shadow"][-1] if report.get("shadow") else {}  # champion and challenger over every labelled shadow row
         mlflow.log_metrics({k: float(v) for k, v in latest.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} |
+                           {f"live_{k}": float(v) for k, v in live.items() if k.startswith(("champion_", "challenger_")) and isinstance(v, float)} |
                            {"alerts": len(report["alerts"]), "new_alerts": len(report["new_alerts"])})
         mlflow.log_artifacts(str(out), "monitor")
     return {**report, "out_dir": str(out)}
