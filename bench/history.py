@@ -4,7 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
-HEADLINE = ("created", "commit", "ratio", "memory_ratio", "goal_met", "serve_image_mb", "serve_cold_start_s", "p99_ms_1_row_concurrency_8", "share_of_bare_asgi", "sync_share_of_batched")
+HEADLINE = ("created", "commit", "ratio", "memory_ratio", "goal_met", "serve_image_mb", "serve_cold_start_s", "shadow_share_of_throughput", "p99_ms_1_row_concurrency_8_shadow", "p99_ms_1_row_concurrency_8", "share_of_bare_asgi", "sync_share_of_batched")
 
 
 def commit() -> str:

@@ -5,6 +5,9 @@
 - `mlops_serve`: this project's Litestar app, as shipped (inference log and metrics on);
 - `mlops_serve` with `serve.log_durability = "sync"`: each answer waits for its rows' commit (group
   commit), reported as "sync_share_of_batched", its throughput over the default's;
+- `mlops_serve` with a challenger in shadow (a second version holding the `challenger` alias, scoring
+  every request after its answer): "shadow_share_of_throughput", its throughput over the server's
+  without a shadow (every other server runs with `serve.shadow_alias` empty);
 - `mlflow models serve` (local env manager, one worker) on the same registered version, which is
   sent the model's feature vectors (it has no transformation of its own);
 - a bare ASGI callable, no framework: it decodes the same raw rows, applies the same feature
@@ -35,6 +38,7 @@ from pathlib import Path
 from history import with_history
 
 import httpx
+import msgspec
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -102,6 +106,15 @@ def start(cmd:list[str], ready_url:str, env:dict, log:Path) -> tuple[subprocess.
     raise RuntimeError(f"{cmd[0]} was not ready within 180 s:\n{log.read_text()[-3000:]}")
 
 
+def wait_for_shadow(url:str):
+    "Until the server names a shadow version (it loads the challenger after the champion)."
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if httpx.get(f"{url}/version", timeout=5).json().get("shadow_version"): return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} loaded no shadow version within 120 s")
+
+
 def stop(proc:subprocess.Popen):
     try: os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError: return
@@ -130,7 +143,7 @@ def wrk(url:str, body:Path, script:Path, connections:int, seconds:float) -> dict
 
 
 def registered_model(folder:Path) -> tuple[Path, dict]:
-    "A champion trained on the bundled data (every 10th flight, a short study) in a fresh registry."
+    "A champion trained on the bundled data (every 10th flight, a short study) in a fresh registry, and a challenger (another seed) beside it."
     from mlops_nb.config import example_settings_file, load_settings
     from mlops_nb.runs import save_settings, stage_run_dir
     from mlops_nb.pipeline import train_and_register
@@ -139,6 +152,10 @@ def registered_model(folder:Path) -> tuple[Path, dict]:
     settings = load_settings(example_settings_file(), environ={}, state_dir=str(folder/"state"), runs_dir=str(folder/"runs"),
                              data={"sample_every": 10}, tune={"n_trials": 5})
     train_and_register(settings, stage_run_dir(settings))
+    challenger = msgspec.structs.replace(settings, tune=msgspec.structs.replace(settings.tune, seed=7), gate=msgspec.structs.replace(settings.gate, mode="dry_run"))
+    version = train_and_register(challenger, stage_run_dir(challenger)).version
+    import mlflow
+    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "challenger", version)
     config = save_settings(settings, folder/"settings.json")
     bundle = load_bundle(settings, alias="champion")
     rows = read_snapshot({"path": settings.snapshots_dir/f"{bundle.data_digest}.parquet"}).tail(100)
@@ -161,13 +178,15 @@ def bodies(folder:Path, model:dict, sizes:list[int]) -> dict:
 
 def servers(folder:Path, config:Path, settings) -> dict:
     "How to start each server: command, readiness URL path, request path, body kind."
-    port = {name: free_port() for name in ("mlops_serve", "mlops_serve_sync", "mlflow_models_serve", "bare_asgi")}
+    port = {name: free_port() for name in ("mlops_serve", "mlops_serve_sync", "mlops_serve_shadow", "mlflow_models_serve", "bare_asgi")}
     (folder/"bare_app.py").write_text(BARE_APP)
     return {
         "mlops_serve": ([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(port["mlops_serve"])],
                         port["mlops_serve"], "/ready", "/predict", "raw"),
         "mlops_serve_sync": ([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(port["mlops_serve_sync"])],
                              port["mlops_serve_sync"], "/ready", "/predict", "raw", {"MLOPS_SERVE__LOG_DURABILITY": "sync"}),
+        "mlops_serve_shadow": ([str(BIN/"mlops_serve"), "--config", str(config), "--port", str(port["mlops_serve_shadow"])],
+                               port["mlops_serve_shadow"], "/ready", "/predict", "raw", {"MLOPS_SERVE__SHADOW_ALIAS": "challenger"}),
         "mlflow_models_serve": ([str(BIN/"mlflow"), "models", "serve", "-m", f"models:/{settings.model_name}@champion",
                                  "--env-manager", "local", "--workers", "1", "-h", "127.0.0.1", "-p", str(port["mlflow_models_serve"])],
                                 port["mlflow_models_serve"], "/ping", "/invocations", "mlflow"),
@@ -182,6 +201,7 @@ def main() -> dict:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--rows", default="1,100")
     p.add_argument("--out", default=str(HERE/"results"/"serve.json"))
+    p.add_argument("--servers", default="", help="only these servers (comma-separated), a quick look: the result file is not written")
     args = p.parse_args()
     if not shutil.which("wrk"): sys.exit("wrk is not installed: apt-get install wrk")
     concurrency, sizes = [int(c) for c in args.concurrency.split(",")], [int(r) for r in args.rows.split(",")]
@@ -193,10 +213,12 @@ def main() -> dict:
         (folder/"post.lua").write_text(WRK_SCRIPT)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}, "BENCH_CONFIG": str(config),
                "PATH": f"{BIN}:{os.environ['PATH']}",  # mlflow models serve starts `uvicorn` from the PATH
-               "MLFLOW_TRACKING_URI": settings.mlflow_uri, "MLOPS_SERVE__POLL_SECONDS": "5"}
+               "MLFLOW_TRACKING_URI": settings.mlflow_uri, "MLOPS_SERVE__POLL_SECONDS": "5", "MLOPS_SERVE__SHADOW_ALIAS": ""}
         results = {}
-        for name, (cmd, port, ready, path, kind, *extra) in servers(folder, config, settings).items():
+        chosen = {n: s for n, s in servers(folder, config, settings).items() if not args.servers or n in args.servers.split(",")}
+        for name, (cmd, port, ready, path, kind, *extra) in chosen.items():
             proc, cold = start(cmd, f"http://127.0.0.1:{port}{ready}", {**env, **(extra[0] if extra else {})}, folder/f"{name}.log")
+            if name == "mlops_serve_shadow": wait_for_shadow(f"http://127.0.0.1:{port}")
             runs = []
             try:
                 for n in sizes:
@@ -208,9 +230,11 @@ def main() -> dict:
             finally: stop(proc)
             results[name] = {"cold_start_seconds": round(cold, 2), "runs": runs}
             print(f"{name:20s} cold start {cold:.2f} s", flush=True)
+    if args.servers: return results
     def rps(name, rows=1, c=8): return next(r["requests_per_second"] for r in results[name]["runs"] if r["rows"] == rows and r["concurrency"] == c)
     def p99(name, rows=1, c=8): return next(r["p99_ms"] for r in results[name]["runs"] if r["rows"] == rows and r["concurrency"] == c)
     ours, mlflow_rps, bare, sync = rps("mlops_serve"), rps("mlflow_models_serve"), rps("bare_asgi"), rps("mlops_serve_sync")
+    shadow = rps("mlops_serve_shadow")
     result = {"benchmark": "one registered model served by mlops_serve, `mlflow models serve` and a bare ASGI callable, loaded by wrk",
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds_per_run": args.seconds,
               "model": {"name": settings.model_name, "features": len(model["bundle"].spec.features),
@@ -221,16 +245,21 @@ def main() -> dict:
               "share_of_bare_asgi": round(ours/bare, 3),
               "sync_share_of_batched": round(sync/ours, 3),  # serve.log_durability = "sync" against the default "batched"
               "p99_ms_1_row_concurrency_8_sync": p99("mlops_serve_sync"),
+              "shadow_share_of_throughput": round(shadow/ours, 3),  # a challenger scoring every request in shadow, against none
+              "p99_ms_1_row_concurrency_8_shadow": p99("mlops_serve_shadow"),
               "p99_ms_1_row_concurrency_8": p99("mlops_serve"),
               "cold_start_seconds": results["mlops_serve"]["cold_start_seconds"]}
     result["goals"] = {"ratio >= 15": result["ratio"] >= 15, "share_of_bare_asgi >= 0.75": result["share_of_bare_asgi"] >= 0.75,
                        "p99 < 10 ms": result["p99_ms_1_row_concurrency_8"] < 10, "cold start < 5 s": result["cold_start_seconds"] < 5,
-                       "sync_share_of_batched >= 0.5": result["sync_share_of_batched"] >= 0.5}
+                       "sync_share_of_batched >= 0.5": result["sync_share_of_batched"] >= 0.5,
+                       "shadow_share_of_throughput >= 0.8": result["shadow_share_of_throughput"] >= 0.8,
+                       "p99 with shadow < 12 ms": result["p99_ms_1_row_concurrency_8_shadow"] < 12}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(with_history(result, Path(args.out)), indent=2) + "\n")
     print(f"1 row, concurrency 8: {ours:.0f} req/s, {result['ratio']}x mlflow models serve ({mlflow_rps:.0f}), "
           f"{result['share_of_bare_asgi']:.0%} of the bare callable ({bare:.0f}); sync durability {sync:.0f} req/s "
-          f"({result['sync_share_of_batched']:.0%}); p99 {result['p99_ms_1_row_concurrency_8']:.2f} ms; "
+          f"({result['sync_share_of_batched']:.0%}); with a shadow {shadow:.0f} req/s ({result['shadow_share_of_throughput']:.0%}, "
+          f"p99 {result['p99_ms_1_row_concurrency_8_shadow']:.2f} ms); p99 {result['p99_ms_1_row_concurrency_8']:.2f} ms; "
           f"cold start {result['cold_start_seconds']} s; goals: {result['goals']}")
     return result
 

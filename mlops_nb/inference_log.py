@@ -98,9 +98,10 @@ def _records(kind:str, payload) -> list[tuple[str, tuple]]:
     "The rows to insert for one queued item; the JSON of the inputs is made here, off the request path."
     if kind == "feedback": return [(kind, payload)]
     if kind == "shadow":
-        request_id, seconds, version, proba, labels = payload
+        requests, seconds, version, proba, labels = payload
         now = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
-        return [(kind, (request_id, i, now, version, p, l)) for i, (p, l) in enumerate(zip(proba.tolist(), labels.tolist()))]
+        rows = [(request_id, i) for request_id, n in requests for i in range(n)]
+        return [(kind, (request_id, i, now, version, p, l)) for (request_id, i), p, l in zip(rows, proba.tolist(), labels.tolist())]
     request_id, seconds, version, inputs, proba, labels = payload
     now = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
     return [(kind, (request_id, i, now, version, _json(row), p, l))
@@ -145,9 +146,9 @@ class InferenceLog:
         "Queue the true label of one predicted row."
         return self._put(("feedback", (request_id, row, label, _utc_now()), on_commit), 1)
 
-    def add_shadow(self, request_id:str, model_version:str, proba:np.ndarray, labels:np.ndarray) -> bool:
-        "Queue a shadow model's answers to the rows of request `request_id`, beside the champion's."
-        return self._put(("shadow", (request_id, time.time(), model_version, proba, labels), None), len(proba))
+    def add_shadow(self, requests:list[tuple[str, int]], model_version:str, proba:np.ndarray, labels:np.ndarray) -> bool:
+        "Queue a shadow model's answers to the rows of `requests` (request id, rows), in order, beside the champion's."
+        return self._put(("shadow", (requests, time.time(), model_version, proba, labels), None), len(proba))
 
     def rows_of(self, request_id:str) -> int:
         "How many rows the request `request_id` had; 0 when it is unknown."

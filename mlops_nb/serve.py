@@ -187,6 +187,7 @@ class Served:
         self.attributes = attribute_names([*self.schema, *self.context])
         self.example = example_row(spec, contract)
         self.plan = MatrixPlan.compile(spec, pl.Schema(self.schema))  # built once: a request only runs it
+        self.signature = msgspec.json.encode(msgspec.json.schema(self.request_type))  # two versions with one signature read a request alike
 
     def frame(self, columns:dict[str, list]) -> pl.DataFrame:
         "Input columns as a frame of the types the transformation expects."
@@ -377,23 +378,24 @@ class ServerMetrics:
 # %% ../nbs/06_serve.ipynb #68d9702e
 class Shadow:
     "A second version scoring requests after their answers have left, in a thread of its own: nothing it does or fails to do reaches an answer."
-    def __init__(self, fraction:float, max_queue:int, metrics:ServerMetrics, seed:int|None=None):
+    def __init__(self, fraction:float, max_queue:int, metrics:ServerMetrics, seed:int|None=None, batch_seconds:float=0.1):
         self.served: Served|None = None
         self.failed_version: str|None = None  # a version that failed to load: not tried again until the alias moves
-        self.fraction, self.max_queue, self.metrics = fraction, max_queue, metrics
+        self.fraction, self.max_queue, self.metrics, self.batch_seconds = fraction, max_queue, metrics, batch_seconds
         self.log: InferenceLog|None = None
-        self.queue: deque[tuple[Served, bytes, str]] = deque()
+        self.queue: deque[tuple[Served, bytes|dict, str]] = deque()  # a request's body, or its columns as the champion read them
         self._random = random.Random(seed)
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread|None = None
         self._warned: dict[str, float] = {}  # step -> when a failure of it was last logged
 
-    async def offer(self, body:bytes, request_id:str) -> None:
-        "Queue an answered request for the shadow version (the share `fraction` of them); never waits."
+    async def offer(self, body:bytes, request_id:str, champion:Served|None=None, columns:dict|None=None) -> None:
+        "Queue an answered request for the shadow version (the share `fraction` of them); never waits. The champion's reading of it is reused when both read requests alike."
         served = self.served
         if served is None or (self.fraction < 1 and self._random.random() >= self.fraction): return
         if len(self.queue) >= self.max_queue: return self.metrics.shadow_dropped.inc()
-        self.queue.append((served, body, request_id))
+        same = champion is not None and columns is not None and champion.signature == served.signature
+        self.queue.append((served, columns if same else body, request_id))
         self._wake.set()
 
     def start(self, log:InferenceLog) -> None:
@@ -410,6 +412,7 @@ class Shadow:
     def _run(self):
         while not self._stop.is_set():
             self._wake.wait(1.0)
+            self._stop.wait(self.batch_seconds)  # requests gather: one prediction for many takes less of the GIL from the request threads (at 0.02 s the shadow cost 17% of the throughput, at 0.1 s 7%)
             self._wake.clear()
             while self.queue and not self._stop.is_set():
                 taken = [self.queue.popleft() for _ in range(min(len(self.queue), 256))]  # what queued together is predicted together
@@ -418,11 +421,11 @@ class Shadow:
 
 # %% ../nbs/06_serve.ipynb #3e5d2c47
 @patch
-def score(self:Shadow, served:Served, requests:list[tuple[bytes, str]]) -> int:
-    "Score requests (body, request id) with the shadow version in one prediction and log its answers; how many were logged. Failures are counted by step and logged, never raised."
+def score(self:Shadow, served:Served, requests:list[tuple[bytes|dict, str]]) -> int:
+    "Score requests (body or columns, request id) with the shadow version in one prediction and log its answers; how many were logged. Failures are counted by step and logged, never raised."
     read = []
     for body, request_id in requests:
-        try: read.append((served.columns(body), request_id))
+        try: read.append((body if isinstance(body, dict) else served.columns(body), request_id))
         except Exception as e: self._failed("request", served, request_id, e)
     if not read: return 0
     try: out = served.predict(served.frame({c: [v for columns, _ in read for v in columns[c]] for c in served.schema}))
@@ -430,15 +433,12 @@ def score(self:Shadow, served:Served, requests:list[tuple[bytes, str]]) -> int:
         if len(read) > 1: return sum(self.score(served, [(body, request_id)]) for body, request_id in requests if request_id in {r for _, r in read})  # find the one at fault
         self._failed("predict", served, read[0][1], e)
         return 0
-    logged, start = 0, 0
-    for columns, request_id in read:
-        n = len(next(iter(columns.values())))
-        if self.log.add_shadow(request_id, served.bundle.version, out["proba"][start:start + n], out["labels"][start:start + n]):
-            logged += 1
-            self.metrics.shadow_rows.inc(n)
-        else: self._failed("log", served, request_id, RuntimeError("the inference log's queue is full"))
-        start += n
-    return logged
+    parts = [(request_id, len(next(iter(columns.values())))) for columns, request_id in read]
+    if not self.log.add_shadow(parts, served.bundle.version, out["proba"], out["labels"]):
+        for _, request_id in read: self._failed("log", served, request_id, RuntimeError("the inference log's queue is full"))
+        return 0
+    self.metrics.shadow_rows.inc(len(out["proba"]))
+    return len(parts)
 
 @patch
 def _failed(self:Shadow, step:str, served:Served, request_id:str, error:Exception):
@@ -700,7 +700,8 @@ async def _predict(server:Server, request:Request, explain:bool, features:bool) 
     request_id = server.next_request_id()
     await _logged(server, lambda told: server.inference_log.append(request_id, served.bundle.version, columns, out["proba"], out["labels"], told))
     answer = _answer(server, served, request_id, out)
-    if server.shadow.served is not None: answer.background = BackgroundTask(server.shadow.offer, await request.body(), request_id)  # once the answer has left
+    if server.shadow.served is not None:  # once the answer has left
+        answer.background = BackgroundTask(server.shadow.offer, await request.body(), request_id, served, columns)
     return answer
 
 async def _logged(server:Server, put:Callable[[Callable|None], bool]) -> None:
